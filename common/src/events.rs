@@ -1,0 +1,279 @@
+//! The versioned event envelope every TARS message carries, and the one way to publish it.
+//!
+//! `TARS_EVENTS` is the audit log, so an event says what happened, to which request, when
+//! and by whom; the *state* lives in the KV record. Publishing waits for the JetStream ack
+//! and sets `Nats-Msg-Id`, so a retried publish inside the duplicate window is a no-op.
+
+use async_nats::jetstream;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::domain::{Permission, RequestId, RequestRecord, Source, TenantName, Username};
+use crate::metrics::Metrics;
+
+/// The envelope version this build writes and understands.
+pub const ENVELOPE_VERSION: u32 = 1;
+
+/// What an approver decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decision {
+    /// Grant the access.
+    Approve,
+    /// Refuse it.
+    Deny,
+}
+
+/// The typed body of an event; the tag is the envelope's `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", content = "data")]
+pub enum Event {
+    /// A user asked for access; the record is already in the KV bucket.
+    #[serde(rename = "request.submitted")]
+    RequestSubmitted {
+        /// Who asked.
+        requester: Username,
+        /// For which tenant.
+        tenant_name: TenantName,
+        /// For which access.
+        permission: Permission,
+    },
+    /// An admin (in Slack or over REST) asked for a decision; the decision worker applies it.
+    #[serde(rename = "decision.requested")]
+    DecisionRequested {
+        /// Approve or deny.
+        decision: Decision,
+        /// The KBase username recorded as the approver.
+        by: Username,
+        /// Where the decision came from.
+        source: Source,
+        /// Optional words of the approver.
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    /// A decision arrived for a request that was no longer pending; recorded, never applied.
+    #[serde(rename = "decision.rejected")]
+    DecisionRejected {
+        /// What was asked.
+        decision: Decision,
+        /// By whom.
+        by: Username,
+        /// The status the request already had.
+        status: crate::domain::RequestStatus,
+    },
+    /// The request was approved; the governance-applier grants it.
+    #[serde(rename = "request.approved")]
+    RequestApproved {
+        /// The approver.
+        by: Username,
+        /// Where the approval came from.
+        source: Source,
+    },
+    /// The request was denied.
+    #[serde(rename = "request.denied")]
+    RequestDenied {
+        /// The approver who denied.
+        by: Username,
+        /// Where the denial came from.
+        source: Source,
+    },
+    /// The requester withdrew the request.
+    #[serde(rename = "request.cancelled")]
+    RequestCancelled {},
+    /// Nobody decided in time.
+    #[serde(rename = "request.expired")]
+    RequestExpired {},
+    /// The governance API granted the membership.
+    #[serde(rename = "request.applied")]
+    RequestApplied {
+        /// The group the user joined.
+        group: String,
+    },
+    /// The governance API refused, or retries ran out.
+    #[serde(rename = "request.failed")]
+    RequestFailed {
+        /// What the governance API said.
+        reason: String,
+    },
+}
+
+impl Event {
+    /// The `type` string, also the middle of the subject.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RequestSubmitted { .. } => "request.submitted",
+            Self::DecisionRequested { .. } => "decision.requested",
+            Self::DecisionRejected { .. } => "decision.rejected",
+            Self::RequestApproved { .. } => "request.approved",
+            Self::RequestDenied { .. } => "request.denied",
+            Self::RequestCancelled {} => "request.cancelled",
+            Self::RequestExpired {} => "request.expired",
+            Self::RequestApplied { .. } => "request.applied",
+            Self::RequestFailed { .. } => "request.failed",
+        }
+    }
+
+    /// A submitted event for a freshly created record.
+    pub fn submitted(record: &RequestRecord) -> Self {
+        Self::RequestSubmitted {
+            requester: record.requester.clone(),
+            tenant_name: record.tenant_name.clone(),
+            permission: record.permission,
+        }
+    }
+}
+
+/// One message on `TARS_EVENTS`: `{v, event_id, type, request_id, at, actor, data}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Envelope version; readers dead-letter versions they do not know.
+    pub v: u32,
+    /// Unique id of this event.
+    pub event_id: String,
+    /// The request the event is about.
+    pub request_id: RequestId,
+    /// When it happened.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Who caused it: a username, or `tars` for the system.
+    pub actor: String,
+    /// The typed body (`type` + `data`).
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Why bytes from the stream could not become an [`Envelope`]; both are permanent.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// A newer TARS wrote an envelope this build does not understand.
+    #[error("unsupported envelope version {0}")]
+    UnsupportedVersion(u64),
+    /// Not JSON, or not an event this build knows.
+    #[error("malformed event: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+impl Envelope {
+    /// Wraps an event about `request_id` caused by `actor`.
+    pub fn new(request_id: RequestId, actor: impl Into<String>, event: Event) -> Self {
+        Self {
+            v: ENVELOPE_VERSION,
+            event_id: uuid::Uuid::now_v7().to_string(),
+            request_id,
+            at: crate::domain::now(),
+            actor: actor.into(),
+            event,
+        }
+    }
+
+    /// The subject: `tars.<type>.<request_id>`.
+    pub fn subject(&self) -> String {
+        format!("tars.{}.{}", self.event.kind(), self.request_id)
+    }
+
+    /// The default `Nats-Msg-Id` for state transitions: `<request_id>.<type>`, so the same
+    /// transition published twice is stored once.
+    pub fn transition_msg_id(&self) -> String {
+        format!("{}.{}", self.request_id, self.event.kind())
+    }
+
+    /// Reads an envelope, refusing versions this build does not know before looking at
+    /// anything else.
+    pub fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        #[derive(Deserialize)]
+        struct Peek {
+            v: u64,
+        }
+        let peek: Peek = serde_json::from_slice(payload)?;
+        if peek.v != u64::from(ENVELOPE_VERSION) {
+            return Err(DecodeError::UnsupportedVersion(peek.v));
+        }
+        Ok(serde_json::from_slice(payload)?)
+    }
+}
+
+/// Why a publish did not reach the stream; the caller decides whether to retry or answer 503.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The envelope could not be serialised (a bug).
+    #[error("encode event: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// NATS did not take the message.
+    #[error("publish event: {0}")]
+    Publish(#[from] async_nats::jetstream::context::PublishError),
+}
+
+/// Publishes envelopes to `TARS_EVENTS` and counts them; cheap to clone.
+#[derive(Clone)]
+pub struct EventPublisher {
+    js: jetstream::Context,
+    metrics: Metrics,
+}
+
+impl EventPublisher {
+    /// A publisher on `js` that counts into `metrics`.
+    pub fn new(js: jetstream::Context, metrics: Metrics) -> Self {
+        Self { js, metrics }
+    }
+
+    /// Publishes with `msg_id` as `Nats-Msg-Id` and waits for the stream's ack; returns
+    /// the stream sequence (a duplicate returns the original's).
+    pub async fn publish(&self, envelope: &Envelope, msg_id: &str) -> Result<u64, PublishError> {
+        let payload = serde_json::to_vec(envelope)?;
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", msg_id);
+        let ack = self
+            .js
+            .publish_with_headers(envelope.subject(), headers, payload.into())
+            .await?
+            .await?;
+        self.metrics
+            .events_published
+            .with_label_values(&[envelope.event.kind()])
+            .inc();
+        Ok(ack.sequence)
+    }
+
+    /// Publishes a state transition with its natural `Nats-Msg-Id`.
+    pub async fn publish_transition(&self, envelope: &Envelope) -> Result<u64, PublishError> {
+        self.publish(envelope, &envelope.transition_msg_id()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trips_with_type_and_data() {
+        let id = RequestId::new();
+        let env = Envelope::new(
+            id.clone(),
+            "alice",
+            Event::RequestApplied {
+                group: "kbasero".into(),
+            },
+        );
+        let json = serde_json::to_value(&env).unwrap();
+        assert_eq!(json["type"], "request.applied");
+        assert_eq!(json["data"]["group"], "kbasero");
+        assert_eq!(json["v"], 1);
+        let back = Envelope::decode(&serde_json::to_vec(&env).unwrap()).unwrap();
+        assert_eq!(back, env);
+        assert_eq!(env.subject(), format!("tars.request.applied.{id}"));
+    }
+
+    #[test]
+    fn future_versions_and_unknown_types_are_refused() {
+        let v2 = br#"{"v":2,"type":"request.teleported","data":{}}"#;
+        assert!(matches!(
+            Envelope::decode(v2),
+            Err(DecodeError::UnsupportedVersion(2))
+        ));
+        let unknown = br#"{"v":1,"event_id":"x","request_id":"0190b3a4-0000-7000-8000-000000000000","at":"2026-01-01T00:00:00Z","actor":"a","type":"request.teleported","data":{}}"#;
+        assert!(matches!(
+            Envelope::decode(unknown),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}

@@ -1,0 +1,27 @@
+//! Everything the four TARS services share.
+//!
+//! | module | why it exists |
+//! |---|---|
+//! | [`domain`] | newtypes that parse outside input once; the request record and its states |
+//! | [`events`] | the versioned event envelope and the one publish path (`Nats-Msg-Id`, acked) |
+//! | [`topology`] | streams, bucket and consumers, declared idempotently by every service |
+//! | [`store`] | request records changed only by KV compare-and-set |
+//! | [`worker`] | the runtime every worker runs on: pull, handle, ack / retry / dead-letter |
+//! | [`nats`] | connecting with reconnects forever |
+//! | [`service`] | the start-up and shutdown sequence of a worker process |
+//! | [`config`] | environment settings shared by the services |
+//! | [`metrics`], [`health`] | one Prometheus registry per process; `/metrics`, `/livez`, `/readyz` |
+//! | [`shutdown`], [`telemetry`] | SIGTERM handling and logging |
+
+pub mod config;
+pub mod domain;
+pub mod events;
+pub mod health;
+pub mod metrics;
+pub mod nats;
+pub mod service;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;
+pub mod topology;
+pub mod worker;

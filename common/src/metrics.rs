@@ -1,0 +1,174 @@
+//! The Prometheus metrics of a TARS process, all in one registry per process.
+//!
+//! One struct holds every family so that a service, or `tars-dev` running four services in
+//! one process, registers each name once, and tests can create an isolated instance per
+//! service under test. Names and labels are the contract in `docs/architecture.md`.
+
+use std::sync::Arc;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Every metric family TARS exports; cheap to clone (one shared registry).
+#[derive(Clone)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+/// The families, public so call sites read like `metrics.worker_messages.with_label_values(..)`.
+pub struct Inner {
+    /// The registry `/metrics` renders.
+    pub registry: Registry,
+    /// `tars_http_requests_total{route,method,status}`.
+    pub http_requests: IntCounterVec,
+    /// `tars_http_request_duration_seconds{route,method}`.
+    pub http_duration: HistogramVec,
+    /// `tars_events_published_total{type}`.
+    pub events_published: IntCounterVec,
+    /// `tars_worker_messages_total{worker,outcome}`; outcome = ack | retry | dead_letter.
+    pub worker_messages: IntCounterVec,
+    /// `tars_worker_handle_duration_seconds{worker}`.
+    pub worker_duration: HistogramVec,
+    /// `tars_consumer_pending{worker}`: messages the consumer has not delivered yet.
+    pub consumer_pending: IntGaugeVec,
+    /// `tars_dead_letters_total{worker}`.
+    pub dead_letters: IntCounterVec,
+    /// `tars_external_requests_total{target,status}`; status is the HTTP code or an error kind.
+    pub external_requests: IntCounterVec,
+    /// `tars_external_retries_total{target}`: in-process retries of external calls.
+    pub external_retries: IntCounterVec,
+    /// `tars_requests_total{status}`: transitions into each request status.
+    pub requests: IntCounterVec,
+}
+
+impl std::ops::Deref for Metrics {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(c.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    c
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let buckets = vec![
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ];
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| panic!("metric {name} is malformed: {e}"));
+    registry
+        .register(Box::new(h.clone()))
+        .unwrap_or_else(|e| panic!("metric {name} registered twice: {e}"));
+    h
+}
+
+impl Metrics {
+    /// A fresh registry with every family registered (names are constants, so the panics
+    /// above can only fire on a programming error caught by any test).
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let inner = Inner {
+            http_requests: counter(
+                r,
+                "tars_http_requests_total",
+                "HTTP requests answered",
+                &["route", "method", "status"],
+            ),
+            http_duration: histogram(
+                r,
+                "tars_http_request_duration_seconds",
+                "HTTP request latency",
+                &["route", "method"],
+            ),
+            events_published: counter(
+                r,
+                "tars_events_published_total",
+                "Events acknowledged by TARS_EVENTS",
+                &["type"],
+            ),
+            worker_messages: counter(
+                r,
+                "tars_worker_messages_total",
+                "Messages settled by workers",
+                &["worker", "outcome"],
+            ),
+            worker_duration: histogram(
+                r,
+                "tars_worker_handle_duration_seconds",
+                "Time a worker's handler spent on one message",
+                &["worker"],
+            ),
+            consumer_pending: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "tars_consumer_pending",
+                        "Messages not yet delivered to the worker's consumer (lag)",
+                    ),
+                    &["worker"],
+                )
+                .unwrap_or_else(|e| panic!("tars_consumer_pending: {e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("tars_consumer_pending: {e}"));
+                g
+            },
+            dead_letters: counter(
+                r,
+                "tars_dead_letters_total",
+                "Messages moved to TARS_DLQ",
+                &["worker"],
+            ),
+            external_requests: counter(
+                r,
+                "tars_external_requests_total",
+                "Calls to Slack, KBase auth and the governance API",
+                &["target", "status"],
+            ),
+            external_retries: counter(
+                r,
+                "tars_external_retries_total",
+                "In-process retries of calls to external services",
+                &["target"],
+            ),
+            requests: counter(
+                r,
+                "tars_requests_total",
+                "Requests entering each status",
+                &["status"],
+            ),
+            registry,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The text exposition format for `/metrics`.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Counts one call to an external service with its outcome (`200`, `timeout`, ...).
+    pub fn external(&self, target: &str, status: &str) {
+        self.external_requests
+            .with_label_values(&[target, status])
+            .inc();
+    }
+}

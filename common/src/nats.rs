@@ -1,0 +1,52 @@
+//! Connecting to NATS the same way in every service.
+
+use std::time::Duration;
+
+/// Why the connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The credentials file could not be read.
+    #[error("NATS_CREDS: {0}")]
+    Creds(std::io::Error),
+    /// The server could not be reached.
+    #[error("connect to {url}: {message}")]
+    Connect {
+        /// Where.
+        url: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Connects to `url` with reconnects forever, so a NATS restart or rolling upgrade needs no
+/// operator action; waits for the first connection rather than failing at once, because in
+/// Kubernetes NATS and TARS start in any order.
+pub async fn connect(
+    url: &str,
+    creds: Option<&std::path::Path>,
+    name: &str,
+) -> Result<async_nats::Client, ConnectError> {
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .max_reconnects(None)
+        .connection_timeout(Duration::from_secs(5))
+        .retry_on_initial_connect()
+        .event_callback(|event| async move {
+            tracing::info!(%event, "NATS connection event");
+        });
+    if let Some(path) = creds {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(ConnectError::Creds)?;
+    }
+    opts.connect(url).await.map_err(|e| ConnectError::Connect {
+        url: url.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+/// Whether the client is connected right now (for `/readyz`).
+pub fn is_connected(client: &async_nats::Client) -> bool {
+    client.connection_state() == async_nats::connection::State::Connected
+}

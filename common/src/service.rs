@@ -1,0 +1,96 @@
+//! The start-up and shutdown sequence every worker process shares.
+//!
+//! connect → declare topology → serve probes → run the worker runtime → on shutdown, wait
+//! for in-flight messages, then drain the connection so queued acks reach the server.
+
+use std::net::SocketAddr;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{CommonArgs, WorkerArgs};
+use crate::health::{self, Probe};
+use crate::metrics::Metrics;
+use crate::topology::{self, Topology, WorkerKind};
+use crate::worker::{self, Handler, WorkerConfig};
+
+/// Why a worker process could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// NATS could not be reached.
+    #[error(transparent)]
+    Connect(#[from] crate::nats::ConnectError),
+    /// The topology could not be declared.
+    #[error(transparent)]
+    Topology(#[from] topology::TopologyError),
+    /// The probe server could not bind.
+    #[error("bind {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The worker runtime failed.
+    #[error(transparent)]
+    Worker(#[from] worker::WorkerError),
+}
+
+/// A connected process: client, topology and metrics, ready to build a handler from.
+pub struct Connected {
+    /// The NATS connection (drained on shutdown).
+    pub client: async_nats::Client,
+    /// The declared topology.
+    pub topology: Topology,
+    /// This process's metrics.
+    pub metrics: Metrics,
+}
+
+/// Connects and declares the topology.
+pub async fn connect(
+    common: &CommonArgs,
+    name: &str,
+    metrics: Metrics,
+) -> Result<Connected, ServiceError> {
+    let client = crate::nats::connect(&common.nats_url, common.creds(), name).await?;
+    let topology = topology::ensure(&client, &common.topology()).await?;
+    Ok(Connected {
+        client,
+        topology,
+        metrics,
+    })
+}
+
+/// Serves probes on `addr` and runs `handler` until `shutdown`, then drains NATS.
+pub async fn run_worker<H: Handler>(
+    kind: WorkerKind,
+    conn: Connected,
+    handler: H,
+    worker_args: &WorkerArgs,
+    shutdown: CancellationToken,
+) -> Result<(), ServiceError> {
+    let cfg: WorkerConfig = worker_args.worker_config();
+    let addr = worker_args.metrics_addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServiceError::Bind { addr, source })?;
+    let probe = Probe {
+        metrics: conn.metrics.clone(),
+        client: conn.client.clone(),
+    };
+    let probes = tokio::spawn(health::serve(listener, probe, shutdown.clone()));
+    let result = worker::run(
+        kind,
+        conn.topology,
+        handler,
+        cfg,
+        conn.metrics,
+        shutdown.clone(),
+    )
+    .await;
+    shutdown.cancel();
+    let _ = probes.await;
+    if let Err(e) = conn.client.drain().await {
+        tracing::warn!(error = %e, "NATS drain failed");
+    }
+    Ok(result?)
+}

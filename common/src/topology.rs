@@ -1,0 +1,205 @@
+//! The JetStream objects TARS needs, declared idempotently by every service at start.
+//!
+//! Any service may start first, several may start at once, and a restart must change
+//! nothing: every declaration is a create-or-update with the same configuration, so the
+//! second caller is a no-op and two callers racing both succeed.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+
+/// The audit stream of every request and decision event.
+pub const EVENTS_STREAM: &str = "TARS_EVENTS";
+/// The dead-letter stream.
+pub const DLQ_STREAM: &str = "TARS_DLQ";
+/// The KV bucket of current request records.
+pub const REQUESTS_BUCKET: &str = "TARS_REQUESTS";
+
+/// One durable pull consumer of `TARS_EVENTS` and the subjects it takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerKind {
+    /// The durable name, also the worker's label in metrics and dead-letter subjects.
+    pub name: &'static str,
+    /// The filter subject.
+    pub filter: &'static str,
+}
+
+/// Renders Slack messages from every request event.
+pub const NOTIFIER: WorkerKind = WorkerKind {
+    name: "notifier",
+    filter: "tars.request.>",
+};
+/// Applies decisions to the state machine.
+pub const DECISION: WorkerKind = WorkerKind {
+    name: "decision",
+    filter: "tars.decision.requested.*",
+};
+/// Grants approved access in the governance API.
+pub const GOVERNANCE_APPLIER: WorkerKind = WorkerKind {
+    name: "governance-applier",
+    filter: "tars.request.approved.*",
+};
+/// All three workers.
+pub const WORKERS: [WorkerKind; 3] = [NOTIFIER, DECISION, GOVERNANCE_APPLIER];
+
+/// The knobs of the topology; everything else is fixed by the design.
+#[derive(Debug, Clone)]
+pub struct TopologyConfig {
+    /// Stream and bucket replicas (`TARS_REPLICAS`): 1 in development, 3 on a cluster.
+    pub replicas: usize,
+    /// How long the audit stream keeps events.
+    pub events_max_age: Duration,
+    /// How long a delivered message may go unacknowledged before redelivery.
+    pub ack_wait: Duration,
+}
+
+impl Default for TopologyConfig {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            events_max_age: Duration::from_secs(90 * 24 * 3600),
+            ack_wait: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why the topology could not be declared; each names what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum TopologyError {
+    /// The server runs without JetStream (`nats-server -js` is needed).
+    #[error("the NATS server has no JetStream enabled (start nats-server with -js): {0}")]
+    NoJetStream(String),
+    /// A stream could not be created or updated.
+    #[error("declare stream {name}: {source}")]
+    Stream {
+        /// Which stream.
+        name: &'static str,
+        /// The server's answer.
+        source: jetstream::context::CreateStreamError,
+    },
+    /// The KV bucket could not be created or updated.
+    #[error("declare KV bucket {REQUESTS_BUCKET}: {0}")]
+    Bucket(#[from] jetstream::context::CreateKeyValueError),
+    /// A consumer could not be created or updated.
+    #[error("declare consumer {name}: {source}")]
+    Consumer {
+        /// Which consumer.
+        name: &'static str,
+        /// The server's answer.
+        source: jetstream::stream::ConsumerError,
+    },
+}
+
+/// Handles to the declared objects.
+#[derive(Clone)]
+pub struct Topology {
+    /// The JetStream context everything was declared on.
+    pub js: jetstream::Context,
+    /// `TARS_EVENTS`.
+    pub events: stream::Stream,
+    /// `TARS_DLQ`.
+    pub dlq: stream::Stream,
+    /// `TARS_REQUESTS`.
+    pub requests: kv::Store,
+}
+
+/// The configuration of `TARS_EVENTS`.
+pub fn events_stream_config(cfg: &TopologyConfig) -> stream::Config {
+    stream::Config {
+        name: EVENTS_STREAM.into(),
+        subjects: vec!["tars.request.>".into(), "tars.decision.>".into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: cfg.events_max_age,
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    }
+}
+
+/// The configuration of `TARS_DLQ`.
+pub fn dlq_stream_config(cfg: &TopologyConfig) -> stream::Config {
+    stream::Config {
+        name: DLQ_STREAM.into(),
+        subjects: vec!["tars.dlq.>".into()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: cfg.events_max_age,
+        duplicate_window: Duration::from_secs(120),
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    }
+}
+
+/// The configuration of a worker's durable consumer.
+///
+/// `max_deliver` is left unlimited on purpose: the worker runtime dead-letters on its own
+/// limit (`WORKER_MAX_DELIVER`) on the main path, so a message whose last delivery is lost
+/// to a crash is delivered again and dead-lettered, never dropped silently by the server.
+/// `backoff` stays empty because the server does not apply it to `nak`.
+pub fn consumer_config(kind: WorkerKind, cfg: &TopologyConfig) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(kind.name.into()),
+        description: Some(format!("TARS {} worker", kind.name)),
+        filter_subject: kind.filter.into(),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: cfg.ack_wait,
+        max_deliver: -1,
+        max_ack_pending: 10_000,
+        num_replicas: cfg.replicas,
+        ..Default::default()
+    }
+}
+
+/// Declares streams, bucket and consumers; safe to call from any number of processes.
+pub async fn ensure(
+    client: &async_nats::Client,
+    cfg: &TopologyConfig,
+) -> Result<Topology, TopologyError> {
+    let js = jetstream::new(client.clone());
+    js.query_account()
+        .await
+        .map_err(|e| TopologyError::NoJetStream(e.to_string()))?;
+
+    let events = create_stream(&js, EVENTS_STREAM, events_stream_config(cfg)).await?;
+    let dlq = create_stream(&js, DLQ_STREAM, dlq_stream_config(cfg)).await?;
+    let requests = js
+        .create_or_update_key_value(kv::Config {
+            bucket: REQUESTS_BUCKET.into(),
+            description: "TARS request records and open-request index".into(),
+            history: 5,
+            storage: stream::StorageType::File,
+            num_replicas: cfg.replicas,
+            ..Default::default()
+        })
+        .await?;
+    for kind in WORKERS {
+        events
+            .create_consumer(consumer_config(kind, cfg))
+            .await
+            .map_err(|source| TopologyError::Consumer {
+                name: kind.name,
+                source,
+            })?;
+    }
+    Ok(Topology {
+        js,
+        events,
+        dlq,
+        requests,
+    })
+}
+
+async fn create_stream(
+    js: &jetstream::Context,
+    name: &'static str,
+    config: stream::Config,
+) -> Result<stream::Stream, TopologyError> {
+    js.create_or_update_stream(config)
+        .await
+        .map_err(|source| TopologyError::Stream { name, source })?;
+    js.get_stream(name)
+        .await
+        .map_err(|e| TopologyError::NoJetStream(format!("stream {name} vanished: {e}")))
+}

@@ -1,0 +1,525 @@
+//! The worker runtime shared by the notifier, decision and governance-applier workers.
+//!
+//! One function, [`settle`], owns the fate of every message: ack, retry by `nak` with a
+//! delay computed from the delivery count, or dead-letter (publish to `TARS_DLQ`, wait for
+//! the ack, then `Term`). Handlers only say what happened ([`Outcome`]); they never touch
+//! acks. The facts this rests on (see `docs/architecture.md`):
+//!
+//! * the consumer's `backoff` is not applied to `nak`, so delays are computed here;
+//! * the server's max-deliveries advisory is fire-and-forget, so dead-lettering happens on
+//!   the main path, and the consumer's own `max_deliver` is unlimited: a message whose last
+//!   delivery is lost to a crash comes back and is dead-lettered instead of vanishing;
+//! * prefetched messages' ack timers run while they wait, so each pull asks for at most
+//!   as many messages as there are free handler slots.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
+use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::events::Envelope;
+use crate::metrics::Metrics;
+use crate::topology::{DLQ_STREAM, Topology, WorkerKind};
+
+/// Dead-letter header: why the message was given up on.
+pub const HDR_DLQ_REASON: &str = "Tars-Dlq-Reason";
+/// Dead-letter header: which worker gave up.
+pub const HDR_DLQ_WORKER: &str = "Tars-Dlq-Worker";
+/// Dead-letter header: how many deliveries the message had.
+pub const HDR_DLQ_DELIVERIES: &str = "Tars-Dlq-Deliveries";
+/// Dead-letter header: the subject the message was published on.
+pub const HDR_ORIGINAL_SUBJECT: &str = "Tars-Original-Subject";
+/// Dead-letter header: the message's sequence in `TARS_EVENTS`.
+pub const HDR_ORIGINAL_SEQ: &str = "Tars-Original-Seq";
+
+/// What a handler decided about one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Done (including "nothing to do"): acknowledge.
+    Ack,
+    /// A transient failure: deliver again later, after `delay` if given (e.g. Slack's
+    /// `Retry-After`), else after the exponential backoff for this delivery.
+    Retry {
+        /// For the log and, on the last delivery, the dead letter.
+        reason: String,
+        /// An explicit delay that overrides the backoff.
+        delay: Option<Duration>,
+    },
+    /// A permanent failure: move the message to the dead-letter stream.
+    DeadLetter {
+        /// Why, recorded in `Tars-Dlq-Reason`.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// A transient failure with the default backoff.
+    pub fn retry(reason: impl Into<String>) -> Self {
+        Self::Retry {
+            reason: reason.into(),
+            delay: None,
+        }
+    }
+
+    /// A permanent failure.
+    pub fn dead_letter(reason: impl Into<String>) -> Self {
+        Self::DeadLetter {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// One delivery of an event, as a handler sees it.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The decoded event.
+    pub envelope: Envelope,
+    /// The subject it was published on.
+    pub subject: String,
+    /// Which delivery this is (1 = first).
+    pub delivered: u64,
+    /// True when a `Retry` now would dead-letter instead, so a handler can record the
+    /// failure in the request's state first.
+    pub last_attempt: bool,
+}
+
+/// The work a worker does per event. Handlers must be idempotent: a message can be
+/// delivered more than once, and the KV compare-and-set is what keeps state right.
+pub trait Handler: Send + Sync + 'static {
+    /// Handles one delivery.
+    fn handle(&self, delivery: Delivery) -> impl Future<Output = Outcome> + Send;
+}
+
+/// Exponential retry delays: `base * 2^(delivery-1)`, capped.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Delay after the first failed delivery.
+    pub base: Duration,
+    /// The longest delay.
+    pub cap: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(1),
+            cap: Duration::from_secs(300),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before delivery `delivered + 1`.
+    pub fn delay(&self, delivered: u64) -> Duration {
+        let exp = delivered.saturating_sub(1).min(32) as u32;
+        self.base
+            .checked_mul(2u32.saturating_pow(exp))
+            .unwrap_or(self.cap)
+            .min(self.cap)
+    }
+}
+
+/// How one worker process consumes.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Handlers running at once (`WORKER_CONCURRENCY`), and the largest pull batch.
+    pub concurrency: usize,
+    /// Deliveries before a failing message is dead-lettered (`WORKER_MAX_DELIVER`).
+    pub max_deliver: u64,
+    /// Retry delays.
+    pub retry: RetryPolicy,
+    /// How long a pull waits for messages; also bounds how long shutdown waits for a pull.
+    pub pull_expires: Duration,
+    /// How long shutdown lets running handlers finish before nak-ing them.
+    pub shutdown_grace: Duration,
+    /// How often an in-progress ack extends a long-running handler's `ack_wait`.
+    pub progress_interval: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            max_deliver: 10,
+            retry: RetryPolicy::default(),
+            pull_expires: Duration::from_secs(2),
+            shutdown_grace: Duration::from_secs(10),
+            progress_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why a worker stopped other than by shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The durable consumer does not exist and could not be found.
+    #[error("consumer {name}: {message}")]
+    Consumer {
+        /// Which consumer.
+        name: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+struct Shared<H> {
+    kind: WorkerKind,
+    handler: Arc<H>,
+    cfg: WorkerConfig,
+    js: jetstream::Context,
+    metrics: Metrics,
+    /// Fired when the shutdown grace has run out: running handlers are abandoned and their
+    /// messages nak-ed so another replica takes them at once.
+    hard_stop: CancellationToken,
+}
+
+/// Runs `handler` on `kind`'s durable consumer until `shutdown` fires; then stops pulling,
+/// lets in-flight handlers finish (or naks them after the grace period) and returns.
+pub async fn run<H: Handler>(
+    kind: WorkerKind,
+    topology: Topology,
+    handler: H,
+    cfg: WorkerConfig,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let consumer: PullConsumer =
+        topology
+            .events
+            .get_consumer(kind.name)
+            .await
+            .map_err(|e| WorkerError::Consumer {
+                name: kind.name,
+                message: e.to_string(),
+            })?;
+    let concurrency = cfg.concurrency.max(1);
+    let shared = Arc::new(Shared {
+        kind,
+        handler: Arc::new(handler),
+        cfg,
+        js: topology.js.clone(),
+        metrics: metrics.clone(),
+        hard_stop: CancellationToken::new(),
+    });
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let lag = tokio::spawn(report_lag(
+        consumer.clone(),
+        kind,
+        metrics,
+        shutdown.clone(),
+    ));
+    info!(worker = kind.name, concurrency, "worker started");
+
+    let mut pull_failures: u32 = 0;
+    while !shutdown.is_cancelled() {
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let mut permits = vec![first];
+        while let Ok(p) = slots.clone().try_acquire_owned() {
+            permits.push(p);
+        }
+        let batch = consumer
+            .batch()
+            .max_messages(permits.len())
+            .expires(shared.cfg.pull_expires)
+            .messages()
+            .await;
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                pull_failures += 1;
+                let wait = Duration::from_millis(100 * 2u64.pow(pull_failures.min(5)));
+                warn!(worker = kind.name, error = %e, ?wait, "pull failed; NATS may be reconnecting");
+                drop(permits);
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {},
+                    _ = shutdown.cancelled() => break,
+                }
+                continue;
+            }
+        };
+        pull_failures = 0;
+        while let Some(next) = batch.next().await {
+            match next {
+                Ok(msg) if shutdown.is_cancelled() => {
+                    // Pulled just as shutdown began: hand it straight back.
+                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                }
+                Ok(msg) => {
+                    let Some(permit) = permits.pop() else {
+                        // The server never sends more than asked; if it did, give it back.
+                        let _ = msg.ack_with(AckKind::Nak(None)).await;
+                        continue;
+                    };
+                    tokio::spawn(process(shared.clone(), msg, permit));
+                }
+                Err(e) => {
+                    debug!(worker = kind.name, error = %e, "batch ended with an error");
+                    break;
+                }
+            }
+        }
+    }
+
+    info!(
+        worker = kind.name,
+        "worker stopping: waiting for in-flight messages"
+    );
+    let all = u32::try_from(concurrency).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(shared.cfg.shutdown_grace, slots.acquire_many(all)).await;
+    if drained.is_err() {
+        warn!(
+            worker = kind.name,
+            "shutdown grace over: nak-ing unfinished messages"
+        );
+        shared.hard_stop.cancel();
+        let _ = slots.acquire_many(all).await;
+    }
+    lag.abort();
+    info!(worker = kind.name, "worker stopped");
+    Ok(())
+}
+
+/// Refreshes `tars_consumer_pending` from consumer info until shutdown.
+async fn report_lag(
+    mut consumer: PullConsumer,
+    kind: WorkerKind,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let gauge = metrics.consumer_pending.with_label_values(&[kind.name]);
+    loop {
+        if let Ok(info) = consumer.info().await {
+            gauge.set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {},
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Handles one message from start to settlement, holding one concurrency slot.
+async fn process<H: Handler>(
+    shared: Arc<Shared<H>>,
+    msg: jetstream::Message,
+    _permit: OwnedSemaphorePermit,
+) {
+    let (delivered, stream_seq) = match msg.info() {
+        Ok(i) => (u64::try_from(i.delivered).unwrap_or(1), i.stream_sequence),
+        Err(_) => (1, 0),
+    };
+    let span = info_span!(
+        "message",
+        worker = shared.kind.name,
+        subject = %msg.subject,
+        delivery = delivered,
+        stream_seq,
+        request_id = tracing::field::Empty,
+    );
+    async move {
+        let started = Instant::now();
+        let outcome = match Envelope::decode(&msg.payload) {
+            Err(e) => Outcome::dead_letter(e.to_string()),
+            Ok(envelope) => {
+                tracing::Span::current().record("request_id", envelope.request_id.as_str());
+                if delivered > shared.cfg.max_deliver {
+                    Outcome::dead_letter(format!(
+                        "delivered {delivered} times, more than the limit of {}",
+                        shared.cfg.max_deliver
+                    ))
+                } else {
+                    let delivery = Delivery {
+                        envelope,
+                        subject: msg.subject.to_string(),
+                        delivered,
+                        last_attempt: delivered >= shared.cfg.max_deliver,
+                    };
+                    match run_handler(&shared, &msg, delivery).await {
+                        Some(o) => o,
+                        None => return, // abandoned at shutdown, already nak-ed
+                    }
+                }
+            }
+        };
+        shared
+            .metrics
+            .worker_duration
+            .with_label_values(&[shared.kind.name])
+            .observe(started.elapsed().as_secs_f64());
+        settle(&shared, &msg, delivered, stream_seq, outcome).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Runs the handler in its own task (so a panic becomes a retry), sending in-progress
+/// acks while it runs; `None` if shutdown abandoned it.
+async fn run_handler<H: Handler>(
+    shared: &Shared<H>,
+    msg: &jetstream::Message,
+    delivery: Delivery,
+) -> Option<Outcome> {
+    let handler = shared.handler.clone();
+    let mut task = tokio::spawn(
+        async move { handler.handle(delivery).await }.instrument(tracing::Span::current()),
+    );
+    let mut progress = tokio::time::interval(shared.cfg.progress_interval);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            joined = &mut task => {
+                return Some(match joined {
+                    Ok(o) => o,
+                    Err(e) => {
+                        error!(error = %e, "handler panicked");
+                        Outcome::retry(format!("handler panicked: {e}"))
+                    }
+                });
+            }
+            _ = progress.tick() => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+            _ = shared.hard_stop.cancelled() => {
+                task.abort();
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+                shared.metrics.worker_messages.with_label_values(&[shared.kind.name, "retry"]).inc();
+                return None;
+            }
+        }
+    }
+}
+
+/// The one place a message's fate is decided.
+async fn settle<H>(
+    shared: &Shared<H>,
+    msg: &jetstream::Message,
+    delivered: u64,
+    stream_seq: u64,
+    outcome: Outcome,
+) {
+    let worker = shared.kind.name;
+    let count = |outcome: &str| {
+        shared
+            .metrics
+            .worker_messages
+            .with_label_values(&[worker, outcome])
+            .inc();
+    };
+    match outcome {
+        Outcome::Ack => {
+            if let Err(e) = msg.ack().await {
+                warn!(error = %e, "ack failed; the message will be redelivered");
+            }
+            count("ack");
+        }
+        Outcome::Retry { reason, delay } if delivered < shared.cfg.max_deliver => {
+            let delay = delay.unwrap_or_else(|| shared.cfg.retry.delay(delivered));
+            info!(%reason, ?delay, "retrying later");
+            if let Err(e) = msg.ack_with(AckKind::Nak(Some(delay))).await {
+                warn!(error = %e, "nak failed; the message will be redelivered after ack_wait");
+            }
+            count("retry");
+        }
+        Outcome::Retry { reason, .. } => {
+            let reason = format!("gave up after {delivered} deliveries: {reason}");
+            dead_letter(shared, msg, delivered, stream_seq, &reason).await;
+        }
+        Outcome::DeadLetter { reason } => {
+            dead_letter(shared, msg, delivered, stream_seq, &reason).await;
+        }
+    }
+}
+
+/// Publishes the message to `tars.dlq.<worker>.<request_id>` with the `Tars-*` headers,
+/// waits for the stream's ack, then terminates the original. If the dead letter cannot be
+/// stored, the original is nak-ed instead, so nothing is lost.
+async fn dead_letter<H>(
+    shared: &Shared<H>,
+    msg: &jetstream::Message,
+    delivered: u64,
+    stream_seq: u64,
+    reason: &str,
+) {
+    let worker = shared.kind.name;
+    let request_id = msg
+        .subject
+        .rsplit('.')
+        .next()
+        .filter(|s| !s.is_empty())
+        .unwrap_or("unknown");
+    let mut headers = async_nats::HeaderMap::new();
+    // Header values must be one line.
+    let reason_line: String = reason
+        .replace(['\r', '\n'], " ")
+        .chars()
+        .take(1000)
+        .collect();
+    headers.insert(HDR_DLQ_REASON, reason_line.as_str());
+    headers.insert(HDR_DLQ_WORKER, worker);
+    headers.insert(HDR_DLQ_DELIVERIES, delivered.to_string().as_str());
+    headers.insert(HDR_ORIGINAL_SUBJECT, msg.subject.as_str());
+    headers.insert(HDR_ORIGINAL_SEQ, stream_seq.to_string().as_str());
+    headers.insert("Nats-Msg-Id", format!("dlq.{worker}.{stream_seq}").as_str());
+    let subject = format!("tars.dlq.{worker}.{request_id}");
+    let stored = match shared
+        .js
+        .publish_with_headers(subject, headers, msg.payload.clone())
+        .await
+    {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match stored {
+        Ok(()) => {
+            warn!(%reason, "dead-lettered to {DLQ_STREAM}");
+            if let Err(e) = msg.ack_with(AckKind::Term).await {
+                warn!(error = %e, "term failed; the message may be delivered once more");
+            }
+            shared
+                .metrics
+                .dead_letters
+                .with_label_values(&[worker])
+                .inc();
+            shared
+                .metrics
+                .worker_messages
+                .with_label_values(&[worker, "dead_letter"])
+                .inc();
+        }
+        Err(e) => {
+            error!(error = %e, %reason, "could not store the dead letter; nak-ing instead");
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(shared.cfg.retry.delay(delivered))))
+                .await;
+            shared
+                .metrics
+                .worker_messages
+                .with_label_values(&[worker, "retry"])
+                .inc();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn delays_double_and_cap() {
+        let p = RetryPolicy::default();
+        assert_eq!(p.delay(1), Duration::from_secs(1));
+        assert_eq!(p.delay(2), Duration::from_secs(2));
+        assert_eq!(p.delay(4), Duration::from_secs(8));
+        assert_eq!(p.delay(9), Duration::from_secs(256));
+        assert_eq!(p.delay(10), Duration::from_secs(300));
+        assert_eq!(p.delay(u64::MAX), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,12 @@
+//! `tars-governance-applier`: reads the environment, runs until SIGTERM.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = tars_governance_applier::Args::parse();
+    args.common.init_logging();
+    let shutdown = tars_common::shutdown::on_signal();
+    tars_governance_applier::run(args, tars_common::metrics::Metrics::new(), shutdown).await?;
+    Ok(())
+}

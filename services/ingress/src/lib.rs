@@ -1,0 +1,1 @@
+//! The ingress: the only door into TARS (REST and Slack callbacks → NATS).

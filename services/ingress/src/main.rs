@@ -1,0 +1,3 @@
+//! `tars-ingress`.
+
+fn main() {}

@@ -1,0 +1,6 @@
+//! Integration tests of TARS against a real nats-server (one test binary, a module per area).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod runtime;
+mod support;
+mod topology;

@@ -1,0 +1,413 @@
+//! The worker runtime: retries, dead letters, sharing, shutdown and NATS restarts.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use tars_common::metrics::Metrics;
+use tars_common::topology::{DLQ_STREAM, NOTIFIER, Topology, TopologyConfig};
+use tars_common::worker::{self, Delivery, Handler, Outcome, RetryPolicy, WorkerConfig};
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{LONG, Nats, eventually, submitted};
+
+type HandlerFn = dyn Fn(Delivery) -> BoxFuture<'static, Outcome> + Send + Sync;
+
+/// A handler made of a closure, so each test states its behaviour inline.
+#[derive(Clone)]
+struct FnHandler(Arc<HandlerFn>);
+
+impl Handler for FnHandler {
+    fn handle(&self, d: Delivery) -> impl Future<Output = Outcome> + Send {
+        (self.0)(d)
+    }
+}
+
+fn handler<F, Fut>(f: F) -> FnHandler
+where
+    F: Fn(Delivery) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Outcome> + Send + 'static,
+{
+    FnHandler(Arc::new(move |d| Box::pin(f(d))))
+}
+
+fn fast_config() -> WorkerConfig {
+    WorkerConfig {
+        concurrency: 16,
+        max_deliver: 4,
+        retry: RetryPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_secs(1),
+        },
+        pull_expires: Duration::from_millis(500),
+        shutdown_grace: Duration::from_millis(300),
+        progress_interval: Duration::from_secs(5),
+    }
+}
+
+struct Running {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    metrics: Metrics,
+}
+
+impl Running {
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+
+    fn count(&self, outcome: &str) -> u64 {
+        self.metrics
+            .worker_messages
+            .with_label_values(&[NOTIFIER.name, outcome])
+            .get()
+    }
+}
+
+fn spawn_worker(topology: &Topology, h: FnHandler, cfg: WorkerConfig) -> Running {
+    let shutdown = CancellationToken::new();
+    let metrics = Metrics::new();
+    let task = tokio::spawn({
+        let (t, s, m) = (topology.clone(), shutdown.clone(), metrics.clone());
+        async move { worker::run(NOTIFIER, t, h, cfg, m, s).await.unwrap() }
+    });
+    Running {
+        shutdown,
+        task,
+        metrics,
+    }
+}
+
+async fn publish_n(nats: &Nats, n: usize) -> Vec<String> {
+    let publisher = nats.publisher();
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let env = submitted(i);
+        ids.push(env.request_id.to_string());
+        publisher.publish_transition(&env).await.unwrap();
+    }
+    ids
+}
+
+async fn consumer_idle(nats: &Nats) -> bool {
+    let mut c: async_nats::jetstream::consumer::PullConsumer = nats
+        .topology
+        .events
+        .get_consumer(NOTIFIER.name)
+        .await
+        .unwrap();
+    let info = c.info().await.unwrap();
+    info.num_pending == 0 && info.num_ack_pending == 0
+}
+
+#[tokio::test]
+async fn a_handler_that_fails_twice_is_acked_on_the_third_delivery_with_growing_delays() {
+    let nats = Nats::start().await;
+    let seen: Arc<Mutex<Vec<Instant>>> = Arc::default();
+    let h = handler({
+        let seen = seen.clone();
+        move |d: Delivery| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(Instant::now());
+                if d.delivered < 3 {
+                    Outcome::retry("not yet")
+                } else {
+                    Outcome::Ack
+                }
+            }
+        }
+    });
+    let w = spawn_worker(&nats.topology, h, fast_config());
+    publish_n(&nats, 1).await;
+    eventually(LONG, "the ack", || async {
+        (w.count("ack") == 1).then_some(())
+    })
+    .await;
+    eventually(LONG, "consumer idle", || async {
+        consumer_idle(&nats).await.then_some(())
+    })
+    .await;
+    let times = seen.lock().unwrap().clone();
+    assert_eq!(times.len(), 3);
+    let (d1, d2) = (times[1] - times[0], times[2] - times[1]);
+    assert!(d1 >= Duration::from_millis(100), "first delay {d1:?}");
+    assert!(d2 >= Duration::from_millis(200), "second delay {d2:?}");
+    assert!(d2 > d1, "delays must grow: {d1:?} then {d2:?}");
+    assert_eq!(w.count("retry"), 2);
+    assert_eq!(nats.stream_len(DLQ_STREAM).await, 0);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_failure_is_dead_lettered_once_with_all_headers() {
+    let nats = Nats::start().await;
+    let calls = Arc::new(Mutex::new(0));
+    let h = handler({
+        let calls = calls.clone();
+        move |_d| {
+            *calls.lock().unwrap() += 1;
+            async { Outcome::dead_letter("tenant does not exist") }
+        }
+    });
+    let w = spawn_worker(&nats.topology, h, fast_config());
+    let ids = publish_n(&nats, 1).await;
+    eventually(LONG, "one dead letter", || async {
+        (nats.stream_len(DLQ_STREAM).await == 1).then_some(())
+    })
+    .await;
+    eventually(LONG, "consumer idle", || async {
+        consumer_idle(&nats).await.then_some(())
+    })
+    .await;
+    assert_eq!(*calls.lock().unwrap(), 1, "termed, not redelivered");
+
+    let dlq = nats.topology.js.get_stream(DLQ_STREAM).await.unwrap();
+    let msg = dlq.get_raw_message(1).await.unwrap();
+    assert_eq!(
+        msg.subject.as_str(),
+        format!("tars.dlq.notifier.{}", ids[0])
+    );
+    let h = &msg.headers;
+    assert_eq!(
+        h.get("Tars-Dlq-Reason").unwrap().as_str(),
+        "tenant does not exist"
+    );
+    assert_eq!(h.get("Tars-Dlq-Worker").unwrap().as_str(), "notifier");
+    assert_eq!(h.get("Tars-Dlq-Deliveries").unwrap().as_str(), "1");
+    assert_eq!(
+        h.get("Tars-Original-Subject").unwrap().as_str(),
+        format!("tars.request.submitted.{}", ids[0])
+    );
+    assert_eq!(h.get("Tars-Original-Seq").unwrap().as_str(), "1");
+    let original: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(original["request_id"], ids[0].as_str());
+    assert_eq!(w.count("dead_letter"), 1);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_that_always_fails_is_dead_lettered_after_max_deliver() {
+    let nats = Nats::start().await;
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let h = handler({
+        let calls = calls.clone();
+        move |d: Delivery| {
+            calls.lock().unwrap().push((d.delivered, d.last_attempt));
+            async { Outcome::retry("governance down") }
+        }
+    });
+    let w = spawn_worker(&nats.topology, h, fast_config());
+    publish_n(&nats, 1).await;
+    eventually(LONG, "the dead letter", || async {
+        (nats.stream_len(DLQ_STREAM).await == 1).then_some(())
+    })
+    .await;
+    eventually(LONG, "consumer idle", || async {
+        consumer_idle(&nats).await.then_some(())
+    })
+    .await;
+    assert_eq!(
+        *calls.lock().unwrap(),
+        vec![(1, false), (2, false), (3, false), (4, true)]
+    );
+    let dlq = nats.topology.js.get_stream(DLQ_STREAM).await.unwrap();
+    let msg = dlq.get_raw_message(1).await.unwrap();
+    assert_eq!(
+        msg.headers.get("Tars-Dlq-Deliveries").unwrap().as_str(),
+        "4"
+    );
+    assert!(
+        msg.headers
+            .get("Tars-Dlq-Reason")
+            .unwrap()
+            .as_str()
+            .contains("governance down")
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn undecodable_and_future_version_messages_are_dead_lettered() {
+    let nats = Nats::start().await;
+    let h = handler(|_d| async { Outcome::Ack });
+    let w = spawn_worker(&nats.topology, h, fast_config());
+    let js = &nats.topology.js;
+    js.publish("tars.request.submitted.x1", "not json".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    js.publish(
+        "tars.request.submitted.x2",
+        r#"{"v":2,"type":"request.submitted"}"#.into(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    eventually(LONG, "two dead letters", || async {
+        (nats.stream_len(DLQ_STREAM).await == 2).then_some(())
+    })
+    .await;
+    let dlq = js.get_stream(DLQ_STREAM).await.unwrap();
+    let reason = |m: async_nats::jetstream::message::StreamMessage| {
+        m.headers
+            .get("Tars-Dlq-Reason")
+            .unwrap()
+            .as_str()
+            .to_owned()
+    };
+    let r2 = reason(
+        dlq.get_last_raw_message_by_subject("tars.dlq.notifier.x2")
+            .await
+            .unwrap(),
+    );
+    assert!(r2.contains("unsupported envelope version 2"), "{r2}");
+    assert_eq!(w.count("ack"), 0);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn two_instances_split_a_thousand_messages_without_overlap_or_loss() {
+    let nats = Nats::start().await;
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let handled: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let overlaps = Arc::new(Mutex::new(0usize));
+    let make = |who: usize, per: Arc<Mutex<[usize; 2]>>| {
+        let (in_flight, handled, overlaps) = (in_flight.clone(), handled.clone(), overlaps.clone());
+        handler(move |d: Delivery| {
+            let id = d.envelope.request_id.to_string();
+            let (in_flight, handled, overlaps, per) = (
+                in_flight.clone(),
+                handled.clone(),
+                overlaps.clone(),
+                per.clone(),
+            );
+            async move {
+                if !in_flight.lock().unwrap().insert(id.clone()) {
+                    *overlaps.lock().unwrap() += 1;
+                }
+                tokio::task::yield_now().await;
+                *handled.lock().unwrap().entry(id.clone()).or_default() += 1;
+                per.lock().unwrap()[who] += 1;
+                in_flight.lock().unwrap().remove(&id);
+                Outcome::Ack
+            }
+        })
+    };
+    let per = Arc::new(Mutex::new([0usize; 2]));
+    let a = spawn_worker(&nats.topology, make(0, per.clone()), fast_config());
+    let b = spawn_worker(&nats.topology, make(1, per.clone()), fast_config());
+    let ids = publish_n(&nats, 1000).await;
+    eventually(LONG, "1000 acks", || async {
+        (a.count("ack") + b.count("ack") == 1000).then_some(())
+    })
+    .await;
+    let handled = handled.lock().unwrap().clone();
+    assert_eq!(handled.len(), 1000);
+    assert!(
+        ids.iter().all(|id| handled.get(id) == Some(&1)),
+        "each handled once"
+    );
+    assert_eq!(*overlaps.lock().unwrap(), 0);
+    let per = *per.lock().unwrap();
+    assert!(
+        per[0] > 0 && per[1] > 0,
+        "both instances took work: {per:?}"
+    );
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_with_fifty_in_flight_loses_nothing() {
+    let nats = Nats::start().await;
+    let started = Arc::new(Mutex::new(0usize));
+    let blocking = handler({
+        let started = started.clone();
+        move |_d| {
+            *started.lock().unwrap() += 1;
+            // Never finishes: shutdown must hand the message back.
+            futures::future::pending::<Outcome>()
+        }
+    });
+    let cfg = WorkerConfig {
+        concurrency: 64,
+        ..fast_config()
+    };
+    let w = spawn_worker(&nats.topology, blocking, cfg.clone());
+    let ids = publish_n(&nats, 50).await;
+    eventually(LONG, "50 in flight", || async {
+        (*started.lock().unwrap() == 50).then_some(())
+    })
+    .await;
+    w.stop().await;
+
+    // A new instance gets every message straight away (nak-ed, not left to ack_wait).
+    let handled: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let quick = handler({
+        let handled = handled.clone();
+        move |d: Delivery| {
+            handled
+                .lock()
+                .unwrap()
+                .insert(d.envelope.request_id.to_string());
+            async { Outcome::Ack }
+        }
+    });
+    let w2 = spawn_worker(&nats.topology, quick, cfg);
+    eventually(
+        Duration::from_secs(15),
+        "all 50 handled after restart",
+        || async { (handled.lock().unwrap().len() == 50).then_some(()) },
+    )
+    .await;
+    assert!(ids.iter().all(|id| handled.lock().unwrap().contains(id)));
+    w2.stop().await;
+}
+
+#[tokio::test]
+async fn the_worker_resumes_by_itself_after_a_nats_restart() {
+    let mut nats = Nats::start_with(TopologyConfig {
+        ack_wait: Duration::from_secs(2),
+        ..TopologyConfig::default()
+    })
+    .await;
+    let handled: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let h = handler({
+        let handled = handled.clone();
+        move |d: Delivery| {
+            let handled = handled.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(5)).await; // simulated work
+                handled
+                    .lock()
+                    .unwrap()
+                    .insert(d.envelope.request_id.to_string());
+                Outcome::Ack
+            }
+        }
+    });
+    let w = spawn_worker(&nats.topology, h, fast_config());
+    let ids = publish_n(&nats, 300).await;
+    eventually(LONG, "some handled", || async {
+        (handled.lock().unwrap().len() >= 30).then_some(())
+    })
+    .await;
+    nats.server.restart().unwrap();
+    eventually(
+        Duration::from_secs(60),
+        "all 300 handled after the restart",
+        || async { (handled.lock().unwrap().len() == 300).then_some(()) },
+    )
+    .await;
+    assert!(ids.iter().all(|id| handled.lock().unwrap().contains(id)));
+    eventually(LONG, "consumer idle", || async {
+        consumer_idle(&nats).await.then_some(())
+    })
+    .await;
+    w.stop().await;
+}

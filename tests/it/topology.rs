@@ -1,0 +1,74 @@
+//! The JetStream topology and the publish path.
+
+use tars_common::topology::{self, DLQ_STREAM, EVENTS_STREAM, TopologyConfig, WORKERS};
+use tars_testkit::NatsServer;
+
+use crate::support::{Nats, submitted};
+
+#[tokio::test]
+async fn topology_declared_twice_in_parallel_is_the_same() {
+    let server = NatsServer::start().unwrap();
+    let cfg = TopologyConfig::default();
+    let a = tars_common::nats::connect(&server.url(), None, "a")
+        .await
+        .unwrap();
+    let b = tars_common::nats::connect(&server.url(), None, "b")
+        .await
+        .unwrap();
+    let (ra, rb) = tokio::join!(topology::ensure(&a, &cfg), topology::ensure(&b, &cfg));
+    let (ta, _tb) = (ra.unwrap(), rb.unwrap());
+    // A restart declares again: nothing changes, nothing fails.
+    let again = topology::ensure(&a, &cfg).await.unwrap();
+
+    let mut events = ta.js.get_stream(EVENTS_STREAM).await.unwrap();
+    let info = events.info().await.unwrap().clone();
+    assert_eq!(
+        info.config.subjects,
+        vec!["tars.request.>", "tars.decision.>"]
+    );
+    assert_eq!(info.config.duplicate_window.as_secs(), 120);
+    assert_eq!(info.config.num_replicas, 1);
+    let mut dlq = again.js.get_stream(DLQ_STREAM).await.unwrap();
+    assert_eq!(
+        dlq.info().await.unwrap().config.subjects,
+        vec!["tars.dlq.>"]
+    );
+    for kind in WORKERS {
+        let mut c: async_nats::jetstream::consumer::PullConsumer =
+            events.get_consumer(kind.name).await.unwrap();
+        let ci = c.info().await.unwrap();
+        assert_eq!(ci.config.filter_subject, kind.filter);
+        assert_eq!(ci.config.durable_name.as_deref(), Some(kind.name));
+    }
+    let streams = ta.js.stream_names();
+    use futures::StreamExt;
+    let names: Vec<String> = streams.map(|s| s.unwrap()).collect().await;
+    assert_eq!(names.len(), 3, "{names:?}"); // events, dlq, KV bucket
+}
+
+#[tokio::test]
+async fn a_server_without_jetstream_gets_a_clear_error() {
+    let server = NatsServer::start_without_jetstream().unwrap();
+    let client = tars_common::nats::connect(&server.url(), None, "t")
+        .await
+        .unwrap();
+    let err = topology::ensure(&client, &TopologyConfig::default())
+        .await
+        .err()
+        .expect("must fail without JetStream");
+    assert!(err.to_string().contains("no JetStream"), "{err}");
+}
+
+#[tokio::test]
+async fn the_same_msg_id_twice_is_stored_once() {
+    let nats = Nats::start().await;
+    let publisher = nats.publisher();
+    let env = submitted(1);
+    let s1 = publisher.publish_transition(&env).await.unwrap();
+    let s2 = publisher.publish_transition(&env).await.unwrap();
+    assert_eq!(s1, s2);
+    assert_eq!(nats.stream_len(EVENTS_STREAM).await, 1);
+    // A different id is a different message.
+    publisher.publish(&env, "other").await.unwrap();
+    assert_eq!(nats.stream_len(EVENTS_STREAM).await, 2);
+}
