@@ -1,21 +1,210 @@
-//! What the decision does with one event.
+//! The state machine: decisions and expiry, each a compare-and-set on the record.
 
+use std::time::Duration;
+
+use tars_common::domain::{RequestId, RequestStatus, Source, Username, now};
+use tars_common::events::{Decision, Envelope, Event, EventPublisher};
+use tars_common::metrics::Metrics;
 use tars_common::service::Connected;
+use tars_common::store::{Change, RequestStore, StoreError};
 use tars_common::worker::{Delivery, Handler, Outcome};
+use tokio_util::sync::CancellationToken;
 
-/// The decision's handler.
-pub struct Worker {}
+/// The decision worker's handler.
+pub struct Worker {
+    store: RequestStore,
+    publisher: EventPublisher,
+    metrics: Metrics,
+}
+
+enum Verdict {
+    /// This decision changed the record now.
+    Won(RequestStatus),
+    /// This decision had already won (a redelivery): publish again, the id dedupes.
+    AlreadyWon(RequestStatus),
+    /// The request was no longer pending (or the decider is the requester).
+    Lost(RequestStatus),
+    /// The requester tried to decide their own request.
+    OwnRequest,
+}
+
+fn store_outcome(e: StoreError) -> Outcome {
+    match e {
+        StoreError::NotFound(id) => Outcome::dead_letter(format!("request {id} does not exist")),
+        e if e.is_transient() => Outcome::retry(e.to_string()),
+        e => Outcome::dead_letter(e.to_string()),
+    }
+}
 
 impl Worker {
     /// Builds the handler from a connected process.
-    pub fn new(_conn: &Connected) -> Self {
-        Self {}
+    pub fn new(conn: &Connected) -> Self {
+        Self {
+            store: RequestStore::new(conn.topology.requests.clone()),
+            publisher: EventPublisher::new(conn.topology.js.clone(), conn.metrics.clone()),
+            metrics: conn.metrics.clone(),
+        }
+    }
+
+    async fn decide(
+        &self,
+        id: &RequestId,
+        decision: Decision,
+        by: &Username,
+        source: Source,
+    ) -> Outcome {
+        let target = match decision {
+            Decision::Approve => RequestStatus::Approved,
+            Decision::Deny => RequestStatus::Denied,
+        };
+        let result = self
+            .store
+            .modify(id, |r| {
+                if r.requester == *by {
+                    return Change::Keep(Verdict::OwnRequest);
+                }
+                if r.status == RequestStatus::Pending {
+                    r.status = target;
+                    r.decided_by = Some(by.to_string());
+                    r.decided_at = Some(now());
+                    r.decision_source = Some(source);
+                    return Change::Write(Verdict::Won(target));
+                }
+                let same_decider = r.decided_by.as_deref() == Some(by.as_str());
+                let consistent = match decision {
+                    Decision::Approve => matches!(
+                        r.status,
+                        RequestStatus::Approved | RequestStatus::Applied | RequestStatus::Failed
+                    ),
+                    Decision::Deny => r.status == RequestStatus::Denied,
+                };
+                if same_decider && consistent {
+                    Change::Keep(Verdict::AlreadyWon(target))
+                } else {
+                    Change::Keep(Verdict::Lost(r.status))
+                }
+            })
+            .await;
+        let verdict = match result {
+            Ok((v, _)) => v,
+            Err(e) => return store_outcome(e),
+        };
+        let event = match verdict {
+            Verdict::Won(status) | Verdict::AlreadyWon(status) => {
+                if matches!(verdict, Verdict::Won(_)) {
+                    self.metrics
+                        .requests
+                        .with_label_values(&[status.as_str()])
+                        .inc();
+                    tracing::info!(%by, %status, "decided");
+                }
+                match decision {
+                    Decision::Approve => Event::RequestApproved {
+                        by: by.clone(),
+                        source,
+                    },
+                    Decision::Deny => Event::RequestDenied {
+                        by: by.clone(),
+                        source,
+                    },
+                }
+            }
+            Verdict::Lost(status) => {
+                tracing::info!(%by, %status, "decision on a request that is no longer pending: recorded, not applied");
+                Event::DecisionRejected {
+                    decision,
+                    by: by.clone(),
+                    status,
+                }
+            }
+            Verdict::OwnRequest => {
+                tracing::warn!(%by, "a requester tried to decide their own request");
+                Event::DecisionRejected {
+                    decision,
+                    by: by.clone(),
+                    status: RequestStatus::Pending,
+                }
+            }
+        };
+        let env = Envelope::new(id.clone(), by.to_string(), event);
+        let published = match &env.event {
+            Event::DecisionRejected { .. } => {
+                self.publisher
+                    .publish(&env, &format!("{}.rejected.{}", id, env.event_id))
+                    .await
+            }
+            _ => self.publisher.publish_transition(&env).await,
+        };
+        match published {
+            Ok(_) => Outcome::Ack,
+            Err(e) => Outcome::retry(e.to_string()),
+        }
+    }
+
+    /// Expires every pending request older than `ttl`; safe to run on every replica at
+    /// once (the compare-and-set lets one win, the publish id dedupes).
+    pub async fn expire_stale(&self, ttl: Duration) -> Result<usize, StoreError> {
+        let cutoff = now() - ttl;
+        let mut expired = 0;
+        for rec in self.store.all().await? {
+            if rec.status != RequestStatus::Pending || rec.created_at > cutoff {
+                continue;
+            }
+            let (changed, _) = self
+                .store
+                .modify(&rec.request_id, |r| {
+                    if r.status != RequestStatus::Pending {
+                        return Change::Keep(false);
+                    }
+                    r.status = RequestStatus::Expired;
+                    r.decided_by = Some("tars".into());
+                    r.decided_at = Some(now());
+                    r.decision_source = Some(Source::System);
+                    Change::Write(true)
+                })
+                .await?;
+            if changed {
+                expired += 1;
+                self.metrics.requests.with_label_values(&["expired"]).inc();
+                let env = Envelope::new(rec.request_id.clone(), "tars", Event::RequestExpired {});
+                if let Err(e) = self.publisher.publish_transition(&env).await {
+                    tracing::warn!(error = %e, request_id = %rec.request_id, "expired, but the event was not published");
+                }
+            }
+        }
+        Ok(expired)
+    }
+
+    /// Sweeps every `every` until shutdown.
+    pub async fn sweep_forever(&self, ttl: Duration, every: Duration, shutdown: CancellationToken) {
+        loop {
+            match self.expire_stale(ttl).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "expired stale pending requests"),
+                Err(e) => tracing::warn!(error = %e, "expiry sweep failed; will try again"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
     }
 }
 
 impl Handler for Worker {
     async fn handle(&self, delivery: Delivery) -> Outcome {
-        tracing::debug!(kind = delivery.envelope.event.kind(), "received");
-        Outcome::Ack
+        let id = delivery.envelope.request_id.clone();
+        match &delivery.envelope.event {
+            Event::DecisionRequested {
+                decision,
+                by,
+                source,
+                ..
+            } => self.decide(&id, *decision, by, *source).await,
+            other => Outcome::dead_letter(format!(
+                "the decision worker does not handle {}",
+                other.kind()
+            )),
+        }
     }
 }

@@ -1,12 +1,16 @@
-//! The decision worker: Applies approve/deny decisions to the request state machine.
+//! The decision worker: applies approve/deny decisions to the request state machine with
+//! compare-and-set, and expires pending requests older than `REQUEST_TTL`.
 //!
 //! A library with [`run`] so tests and `tars-dev` run it in-process; `main.rs` only
 //! parses the environment and waits for SIGTERM.
 
 mod handler;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use clap::Parser;
-use tars_common::config::{CommonArgs, WorkerArgs};
+use tars_common::config::{CommonArgs, WorkerArgs, parse_duration};
 use tars_common::metrics::Metrics;
 use tars_common::service::{self, ServiceError};
 use tars_common::topology::DECISION;
@@ -14,12 +18,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use handler::Worker;
 
-/// The environment of the decision (`--help` lists every variable).
+/// The environment of the decision worker (`--help` lists every variable).
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "tars-decision",
     version,
-    about = "Applies approve/deny decisions to the request state machine"
+    about = "Applies decisions to the TARS request state machine"
 )]
 pub struct Args {
     /// Settings every TARS process has.
@@ -28,15 +32,29 @@ pub struct Args {
     /// Settings of the worker runtime.
     #[command(flatten)]
     pub worker: WorkerArgs,
+    /// Pending requests older than this expire.
+    #[arg(long, env = "REQUEST_TTL", default_value = "7d", value_parser = parse_duration)]
+    pub request_ttl: Duration,
+    /// How often the expiry sweep runs (at most 30 s apart).
+    #[arg(long, env = "EXPIRY_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub sweep_interval: Duration,
 }
 
-/// Runs the decision until `shutdown` fires.
+/// Runs the decision worker and its expiry sweep until `shutdown` fires.
 pub async fn run(
     args: Args,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let conn = service::connect(&args.common, "tars-decision", metrics).await?;
+    let sweeper = Arc::new(Worker::new(&conn));
+    let every = args.sweep_interval.min(Duration::from_secs(30));
+    let sweep = tokio::spawn({
+        let (s, ttl, stop) = (sweeper.clone(), args.request_ttl, shutdown.clone());
+        async move { s.sweep_forever(ttl, every, stop).await }
+    });
     let worker = Worker::new(&conn);
-    service::run_worker(DECISION, conn, worker, &args.worker, shutdown).await
+    let result = service::run_worker(DECISION, conn, worker, &args.worker, shutdown).await;
+    let _ = sweep.await;
+    result
 }

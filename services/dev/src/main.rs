@@ -29,6 +29,14 @@ fn worker_args(port: u16) -> WorkerArgs {
     }
 }
 
+async fn async_run_decision(
+    args: tars_decision::Args,
+    metrics: Metrics,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
+    Ok(tars_decision::run(args, metrics, shutdown).await?)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -49,14 +57,20 @@ async fn main() -> anyhow::Result<()> {
         tars_notifier::Args {
             common: common.clone(),
             worker: worker_args(9091),
+            slack_bot_token: Some("xoxb-dev".into()),
+            slack_bot_token_file: None,
+            slack_channel_id: Some("C_DEV".into()),
+            slack_api_url: "http://127.0.0.1:9/api".into(),
         },
         Metrics::new(),
         shutdown.clone(),
     ));
-    let decision = tokio::spawn(tars_decision::run(
+    let decision = tokio::spawn(async_run_decision(
         tars_decision::Args {
             common: common.clone(),
             worker: worker_args(9092),
+            request_ttl: std::time::Duration::from_secs(7 * 86_400),
+            sweep_interval: std::time::Duration::from_secs(30),
         },
         Metrics::new(),
         shutdown.clone(),
@@ -65,6 +79,9 @@ async fn main() -> anyhow::Result<()> {
         tars_governance_applier::Args {
             common,
             worker: worker_args(9093),
+            governance_api_url: Some("http://127.0.0.1:9".into()),
+            governance_token: Some("dev".into()),
+            governance_token_file: None,
         },
         Metrics::new(),
         shutdown.clone(),

@@ -1,21 +1,176 @@
-//! What the governance-applier does with one event.
+//! Grants an approved request in the governance API and records the outcome.
 
+use tars_common::domain::{RequestId, RequestStatus, now};
+use tars_common::events::{Envelope, Event, EventPublisher};
+use tars_common::governance::{GovernanceClient, GovernanceError};
+use tars_common::metrics::Metrics;
 use tars_common::service::Connected;
+use tars_common::store::{Change, RequestStore, StoreError};
 use tars_common::worker::{Delivery, Handler, Outcome};
 
 /// The governance-applier's handler.
-pub struct Worker {}
+pub struct Worker {
+    store: RequestStore,
+    publisher: EventPublisher,
+    governance: GovernanceClient,
+    metrics: Metrics,
+}
+
+fn store_outcome(e: StoreError) -> Outcome {
+    if e.is_transient() {
+        Outcome::retry(e.to_string())
+    } else {
+        Outcome::dead_letter(e.to_string())
+    }
+}
 
 impl Worker {
-    /// Builds the handler from a connected process.
-    pub fn new(_conn: &Connected) -> Self {
-        Self {}
+    /// Builds the handler from a connected process and the governance client.
+    pub fn new(conn: &Connected, governance: GovernanceClient) -> Self {
+        Self {
+            store: RequestStore::new(conn.topology.requests.clone()),
+            publisher: EventPublisher::new(conn.topology.js.clone(), conn.metrics.clone()),
+            governance,
+            metrics: conn.metrics.clone(),
+        }
+    }
+
+    /// Moves the record to `status` (from approved or failed) and publishes `event`.
+    async fn record(
+        &self,
+        id: &RequestId,
+        status: RequestStatus,
+        reason: Option<String>,
+        event: Event,
+    ) -> Result<(), Outcome> {
+        let (changed, _) = self
+            .store
+            .modify(id, |r| {
+                if !matches!(r.status, RequestStatus::Approved | RequestStatus::Failed)
+                    || r.status == status
+                        && status == RequestStatus::Failed
+                        && r.failure_reason == reason
+                {
+                    return Change::Keep(false);
+                }
+                r.status = status;
+                match status {
+                    RequestStatus::Applied => {
+                        r.applied_at = Some(now());
+                        r.failure_reason = None;
+                    }
+                    _ => r.failure_reason = reason.clone(),
+                }
+                Change::Write(true)
+            })
+            .await
+            .map_err(store_outcome)?;
+        if changed {
+            self.metrics
+                .requests
+                .with_label_values(&[status.as_str()])
+                .inc();
+        }
+        let env = Envelope::new(id.clone(), "tars", event);
+        // A failure can happen again after a replay: give each its own id.
+        let published = if status == RequestStatus::Failed {
+            self.publisher
+                .publish(&env, &format!("{}.request.failed.{}", id, env.event_id))
+                .await
+        } else {
+            self.publisher.publish_transition(&env).await
+        };
+        published
+            .map(|_| ())
+            .map_err(|e| Outcome::retry(e.to_string()))
+    }
+
+    async fn apply(&self, id: &RequestId, last_attempt: bool) -> Outcome {
+        let rec = match self.store.get(id).await {
+            Ok(Some(v)) => v.value,
+            Ok(None) => return Outcome::dead_letter(format!("request {id} does not exist")),
+            Err(e) => return store_outcome(e),
+        };
+        match rec.status {
+            RequestStatus::Approved | RequestStatus::Failed => {}
+            RequestStatus::Applied => return Outcome::Ack,
+            RequestStatus::Pending => return Outcome::retry("the record is not approved yet"),
+            other => {
+                tracing::info!(status = %other, "approved event for a request that is now {other}: nothing to apply");
+                return Outcome::Ack;
+            }
+        }
+        let group = rec.permission.group_for(&rec.tenant_name);
+        match self.governance.add_member(&group, &rec.requester).await {
+            Ok(()) => {
+                tracing::info!(%group, user = %rec.requester, "access granted");
+                match self
+                    .record(
+                        id,
+                        RequestStatus::Applied,
+                        None,
+                        Event::RequestApplied { group },
+                    )
+                    .await
+                {
+                    Ok(()) => Outcome::Ack,
+                    Err(o) => o,
+                }
+            }
+            Err(GovernanceError::Permanent(reason)) => {
+                tracing::warn!(%group, %reason, "governance refused");
+                match self
+                    .record(
+                        id,
+                        RequestStatus::Failed,
+                        Some(reason.clone()),
+                        Event::RequestFailed {
+                            reason: reason.clone(),
+                        },
+                    )
+                    .await
+                {
+                    Ok(()) => Outcome::dead_letter(reason),
+                    Err(o) => o,
+                }
+            }
+            Err(GovernanceError::Transient(reason)) if last_attempt => {
+                let reason = format!("retries exhausted: {reason}");
+                match self
+                    .record(
+                        id,
+                        RequestStatus::Failed,
+                        Some(reason.clone()),
+                        Event::RequestFailed {
+                            reason: reason.clone(),
+                        },
+                    )
+                    .await
+                {
+                    Ok(()) => Outcome::dead_letter(reason),
+                    Err(o) => o,
+                }
+            }
+            Err(GovernanceError::Transient(reason)) => {
+                self.metrics
+                    .external_retries
+                    .with_label_values(&["governance"])
+                    .inc();
+                Outcome::retry(reason)
+            }
+        }
     }
 }
 
 impl Handler for Worker {
     async fn handle(&self, delivery: Delivery) -> Outcome {
-        tracing::debug!(kind = delivery.envelope.event.kind(), "received");
-        Outcome::Ack
+        let id = delivery.envelope.request_id.clone();
+        match &delivery.envelope.event {
+            Event::RequestApproved { .. } => self.apply(&id, delivery.last_attempt).await,
+            other => Outcome::dead_letter(format!(
+                "the governance-applier does not handle {}",
+                other.kind()
+            )),
+        }
     }
 }

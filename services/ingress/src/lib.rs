@@ -1,1 +1,344 @@
-//! The ingress: the only door into TARS (REST and Slack callbacks → NATS).
+//! The ingress: the only door into TARS. REST and Slack callbacks in, NATS out.
+//!
+//! | module | why |
+//! |---|---|
+//! | [`routes`] | one module per route group: requests, approvals, slack, admin |
+//! | [`extract`] | strict JSON and KBase authentication as extractors |
+//! | [`error`] | the one JSON error body |
+//! | `history` | a request's history from the audit stream |
+//! | `ratelimit` | per-user submission token bucket |
+//! | `openapi` | the `/openapi.json` document |
+//!
+//! Built like zero-to-production: [`Application::build`] binds (port 0 in tests) and
+//! [`Application::run_until_stopped`] serves until the shutdown token fires.
+
+pub mod error;
+pub mod extract;
+mod history;
+mod openapi;
+mod ratelimit;
+pub mod routes;
+pub mod state;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use clap::Parser;
+use tars_common::auth::{AuthConfig, KBaseAuth};
+use tars_common::config::{CommonArgs, ConfigError, parse_duration, secret};
+use tars_common::domain::Username;
+use tars_common::events::EventPublisher;
+use tars_common::metrics::Metrics;
+use tars_common::slack::SlackClient;
+use tars_common::store::RequestStore;
+use tokio_util::sync::CancellationToken;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::ratelimit::RateLimiter;
+use crate::state::{AppState, ApprovalMode, SlackSettings};
+
+/// Largest accepted body.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// The ingress's environment (`--help` lists every variable).
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "tars-ingress",
+    version,
+    about = "TARS ingress: REST API and Slack interactivity"
+)]
+pub struct Args {
+    /// Settings every TARS process has.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Where the HTTP API listens.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8000")]
+    pub listen_addr: std::net::SocketAddr,
+    /// KBase auth service base URL (`/api/V2/me` is appended).
+    #[arg(
+        long,
+        env = "KBASE_AUTH_URL",
+        default_value = "https://ci.kbase.us/services/auth"
+    )]
+    pub kbase_auth_url: String,
+    /// Comma-separated KBase roles of which any makes a user an admin.
+    #[arg(
+        long,
+        env = "KBASE_ADMIN_ROLES",
+        default_value = "CDM_JUPYTERHUB_ADMIN"
+    )]
+    pub kbase_admin_roles: String,
+    /// Comma-separated KBase roles every user must have.
+    #[arg(long, env = "KBASE_REQUIRED_ROLES", default_value = "")]
+    pub kbase_required_roles: String,
+    /// How long a token's answer is cached.
+    #[arg(long, env = "KBASE_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub kbase_cache_ttl: Duration,
+    /// Slack signing secret (or SLACK_SIGNING_SECRET_FILE); without it /slack/interact is off.
+    #[arg(long, env = "SLACK_SIGNING_SECRET", hide_env_values = true)]
+    pub slack_signing_secret: Option<String>,
+    /// File holding the Slack signing secret.
+    #[arg(long, env = "SLACK_SIGNING_SECRET_FILE")]
+    pub slack_signing_secret_file: Option<std::path::PathBuf>,
+    /// `allowlist` (clicks by SLACK_APPROVERS decide) or `kbase-token` (a modal asks for a token).
+    #[arg(long, env = "SLACK_APPROVAL_MODE", default_value = "allowlist", value_parser = ["allowlist", "kbase-token"])]
+    pub slack_approval_mode: String,
+    /// `U123:kbase_user,...`: Slack user ids allowed to decide, and whose name is recorded.
+    #[arg(long, env = "SLACK_APPROVERS", default_value = "")]
+    pub slack_approvers: String,
+    /// Slack bot token (or SLACK_BOT_TOKEN_FILE), for the token modal and replies to clickers.
+    #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
+    pub slack_bot_token: Option<String>,
+    /// File holding the Slack bot token.
+    #[arg(long, env = "SLACK_BOT_TOKEN_FILE")]
+    pub slack_bot_token_file: Option<std::path::PathBuf>,
+    /// Slack Web API base URL.
+    #[arg(long, env = "SLACK_API_URL", default_value = "https://slack.com/api")]
+    pub slack_api_url: String,
+    /// Submissions per user per minute (per ingress replica).
+    #[arg(long, env = "SUBMIT_RATE_PER_MINUTE", default_value_t = 10)]
+    pub submit_rate_per_minute: u32,
+    /// Most open (pending) requests per user.
+    #[arg(long, env = "MAX_OPEN_REQUESTS_PER_USER", default_value_t = 20)]
+    pub max_open_requests_per_user: usize,
+    /// Longest time one HTTP request may take.
+    #[arg(long, env = "REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
+    pub request_timeout: Duration,
+}
+
+fn csv(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Parses `U123:alice,U456:bob`.
+pub fn parse_approvers(s: &str) -> Result<HashMap<String, Username>, ConfigError> {
+    let mut out = HashMap::new();
+    for pair in csv(s) {
+        let (slack, kbase) = pair.split_once(':').ok_or_else(|| {
+            ConfigError::new(
+                "SLACK_APPROVERS",
+                format!("{pair:?} is not SLACK_ID:kbase_user"),
+            )
+        })?;
+        let user = Username::parse(kbase)
+            .map_err(|e| ConfigError::new("SLACK_APPROVERS", format!("{pair:?}: {e}")))?;
+        out.insert(slack.trim().to_owned(), user);
+    }
+    Ok(out)
+}
+
+/// A bound, ready-to-serve ingress.
+pub struct Application {
+    listener: tokio::net::TcpListener,
+    router: Router,
+    client: async_nats::Client,
+}
+
+impl Application {
+    /// Validates the configuration (reporting every problem at once), connects to NATS,
+    /// declares the topology and binds the listener.
+    pub async fn build(args: Args, metrics: Metrics) -> anyhow::Result<Self> {
+        let mut problems = Vec::new();
+        let signing = secret(
+            "SLACK_SIGNING_SECRET",
+            args.slack_signing_secret.as_deref(),
+            args.slack_signing_secret_file.as_deref(),
+        )
+        .unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        });
+        let bot = secret(
+            "SLACK_BOT_TOKEN",
+            args.slack_bot_token.as_deref(),
+            args.slack_bot_token_file.as_deref(),
+        )
+        .unwrap_or_else(|e| {
+            problems.push(e);
+            None
+        });
+        let mode = if args.slack_approval_mode == "kbase-token" {
+            if signing.is_some() && bot.is_none() {
+                problems.push(ConfigError::new(
+                    "SLACK_BOT_TOKEN",
+                    "kbase-token approval mode needs a bot token to open the modal",
+                ));
+            }
+            ApprovalMode::KbaseToken
+        } else {
+            let approvers = parse_approvers(&args.slack_approvers).unwrap_or_else(|e| {
+                problems.push(e);
+                HashMap::new()
+            });
+            if signing.is_some() && approvers.is_empty() {
+                problems.push(ConfigError::new(
+                    "SLACK_APPROVERS",
+                    "allowlist approval mode needs at least one SLACK_ID:kbase_user",
+                ));
+            }
+            ApprovalMode::Allowlist(approvers)
+        };
+        tars_common::config::report(problems).map_err(anyhow::Error::msg)?;
+
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(2))
+            .build()?;
+        let auth = KBaseAuth::new(
+            http.clone(),
+            AuthConfig {
+                url: args.kbase_auth_url.clone(),
+                admin_roles: csv(&args.kbase_admin_roles),
+                required_roles: csv(&args.kbase_required_roles),
+                ttl: args.kbase_cache_ttl,
+                max_entries: 100_000,
+            },
+            metrics.clone(),
+        );
+        let slack_client =
+            bot.map(|t| SlackClient::new(http.clone(), &args.slack_api_url, &t, metrics.clone()));
+        let conn =
+            tars_common::service::connect(&args.common, "tars-ingress", metrics.clone()).await?;
+        let state = AppState {
+            store: RequestStore::new(conn.topology.requests.clone()),
+            publisher: EventPublisher::new(conn.topology.js.clone(), metrics.clone()),
+            topology: conn.topology,
+            auth,
+            slack: Arc::new(SlackSettings {
+                signing_secret: signing,
+                mode,
+                client: slack_client,
+            }),
+            limiter: Arc::new(RateLimiter::new(args.submit_rate_per_minute)),
+            max_open: args.max_open_requests_per_user,
+            metrics,
+            client: conn.client.clone(),
+        };
+        let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
+        Ok(Self {
+            listener,
+            router: router(state, args.request_timeout),
+            client: conn.client,
+        })
+    }
+
+    /// The port actually bound (tests bind port 0).
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown`, finishing in-flight requests, then drains NATS.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        if let Err(e) = self.client.drain().await {
+            tracing::warn!(error = %e, "NATS drain failed");
+        }
+        Ok(())
+    }
+}
+
+/// Builds and runs the ingress until `shutdown`.
+pub async fn run(args: Args, metrics: Metrics, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let app = Application::build(args, metrics).await?;
+    tracing::info!(port = app.port(), "ingress listening");
+    app.run_until_stopped(shutdown).await?;
+    Ok(())
+}
+
+async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().as_str().to_owned();
+    let started = Instant::now();
+    let resp = next.run(req).await;
+    metrics
+        .http_duration
+        .with_label_values(&[&route, &method])
+        .observe(started.elapsed().as_secs_f64());
+    metrics
+        .http_requests
+        .with_label_values(&[&route, &method, resp.status().as_str()])
+        .inc();
+    resp
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::not_found("route")
+}
+
+async fn readyz(State(st): State<AppState>) -> Response {
+    if tars_common::nats::is_connected(&st.client) {
+        (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
+    } else {
+        error::ApiError::unavailable("NATS is disconnected").into_response()
+    }
+}
+
+fn router(state: AppState, timeout: Duration) -> Router {
+    use routes::{admin, approvals, requests, slack};
+    let metrics = state.metrics.clone();
+    let probe = tars_common::health::Probe {
+        metrics: metrics.clone(),
+        client: state.client.clone(),
+    };
+    let request_id = HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/requests", post(requests::submit).get(requests::list))
+        .route("/requests/", post(requests::submit).get(requests::list))
+        .route("/requests/{id}", get(requests::get_one))
+        .route("/requests/{id}/cancel", post(requests::cancel))
+        .route("/approvals/approve", post(approvals::approve))
+        .route("/approvals/deny", post(approvals::deny))
+        .route("/slack/interact", post(slack::interact))
+        .route("/admin/dead-letters", get(admin::list))
+        .route("/admin/dead-letters/{seq}/replay", post(admin::replay))
+        .route("/admin/dead-letters/{seq}", delete(admin::discard))
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/openapi.json", get(|| async { Json(openapi::document()) }))
+        .fallback(not_found)
+        .with_state(state)
+        .merge(
+            Router::new()
+                .route("/metrics", get(metrics_text))
+                .route("/livez", get(|| async { "ok" }))
+                .with_state(probe),
+        )
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(metrics, track))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            timeout,
+        ))
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(TraceLayer::new_for_http())
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+async fn metrics_text(State(p): State<tars_common::health::Probe>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        p.metrics.render(),
+    )
+}

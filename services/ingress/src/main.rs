@@ -1,3 +1,11 @@
-//! `tars-ingress`.
+//! `tars-ingress`: reads the environment, serves until SIGTERM.
 
-fn main() {}
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = tars_ingress::Args::parse();
+    args.common.init_logging();
+    let shutdown = tars_common::shutdown::on_signal();
+    tars_ingress::run(args, tars_common::metrics::Metrics::new(), shutdown).await
+}

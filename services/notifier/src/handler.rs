@@ -1,21 +1,167 @@
-//! What the notifier does with one event.
+//! Shows every request in Slack: one message per request, updated as it moves.
+//!
+//! The message is rendered from the *current* record, never from the event, so repeated
+//! or out-of-order events converge on the right message. The first post is claimed in the
+//! record with a compare-and-set before Slack is called, so two replicas handling two
+//! events of one new request post once.
 
+use std::time::Duration;
+
+use tars_common::domain::{RequestId, RequestRecord, SlackClaim, SlackMessageRef, now};
 use tars_common::service::Connected;
+use tars_common::slack::{SlackClient, SlackError, blocks};
+use tars_common::store::{Change, RequestStore, StoreError};
 use tars_common::worker::{Delivery, Handler, Outcome};
 
+/// A claim older than this is taken over (its replica probably crashed mid-post).
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// The notifier's handler.
-pub struct Worker {}
+pub struct Worker {
+    store: RequestStore,
+    slack: SlackClient,
+    channel: String,
+    /// This process's identity in posting claims.
+    me: String,
+}
+
+fn slack_outcome(e: SlackError) -> Outcome {
+    match e {
+        SlackError::Permanent(m) => Outcome::dead_letter(m),
+        SlackError::RateLimited(d) => Outcome::Retry {
+            reason: "Slack rate limit".into(),
+            delay: Some(d),
+        },
+        SlackError::Transient(m) => Outcome::retry(m),
+    }
+}
+
+fn store_outcome(e: StoreError) -> Outcome {
+    match e {
+        // The record is written before its first event is published, so a missing one is
+        // a stale read on a replica: try again.
+        StoreError::NotFound(id) => Outcome::retry(format!("request {id} not found yet")),
+        e if e.is_transient() => Outcome::retry(e.to_string()),
+        e => Outcome::dead_letter(e.to_string()),
+    }
+}
+
+enum Claim {
+    Ours,
+    Posted,
+    Busy(Duration),
+}
 
 impl Worker {
-    /// Builds the handler from a connected process.
-    pub fn new(_conn: &Connected) -> Self {
-        Self {}
+    /// Builds the handler from a connected process, the Slack client and the channel.
+    pub fn new(conn: &Connected, slack: SlackClient, channel: String) -> Self {
+        Self {
+            store: RequestStore::new(conn.topology.requests.clone()),
+            slack,
+            channel,
+            me: uuid_like(),
+        }
     }
+
+    async fn show(&self, id: &RequestId) -> Outcome {
+        let rec = match self.store.get(id).await {
+            Ok(Some(v)) => v.value,
+            Ok(None) => return store_outcome(StoreError::NotFound(id.clone())),
+            Err(e) => return store_outcome(e),
+        };
+        if let Some(msg) = &rec.slack {
+            return self.update(msg, &rec).await;
+        }
+        let me = self.me.clone();
+        let claimed = self
+            .store
+            .modify(id, |r| {
+                if r.slack.is_some() {
+                    return Change::Keep(Claim::Posted);
+                }
+                if let Some(c) = &r.slack_claim {
+                    let age = (now() - c.at).unsigned_abs();
+                    if c.by != me && age < CLAIM_TIMEOUT {
+                        return Change::Keep(Claim::Busy(
+                            CLAIM_TIMEOUT
+                                .saturating_sub(age)
+                                .min(Duration::from_secs(5)),
+                        ));
+                    }
+                }
+                r.slack_claim = Some(SlackClaim {
+                    by: me.clone(),
+                    at: now(),
+                });
+                Change::Write(Claim::Ours)
+            })
+            .await;
+        let rec = match claimed {
+            Ok((Claim::Ours, v)) => v.value,
+            Ok((Claim::Posted, v)) => {
+                return match &v.value.slack {
+                    Some(msg) => self.update(msg, &v.value).await,
+                    None => Outcome::retry("posted without a reference"),
+                };
+            }
+            Ok((Claim::Busy(wait), _)) => {
+                return Outcome::Retry {
+                    reason: "another notifier is posting".into(),
+                    delay: Some(wait),
+                };
+            }
+            Err(e) => return store_outcome(e),
+        };
+        let (text, blocks) = blocks::render(&rec);
+        let posted = match self.slack.post_message(&self.channel, &text, &blocks).await {
+            Ok(p) => p,
+            Err(e) => return slack_outcome(e),
+        };
+        let msg = SlackMessageRef {
+            channel: posted.channel,
+            ts: posted.ts,
+        };
+        let stored = self
+            .store
+            .modify(id, |r| {
+                r.slack = Some(msg.clone());
+                r.slack_claim = None;
+                Change::Write(())
+            })
+            .await;
+        match stored {
+            // The request may have moved on while we posted: show where it is now.
+            Ok((_, now_rec)) if now_rec.value.status != rec.status => {
+                self.update(&msg, &now_rec.value).await
+            }
+            Ok(_) => Outcome::Ack,
+            Err(e) => store_outcome(e),
+        }
+    }
+
+    async fn update(&self, msg: &SlackMessageRef, rec: &RequestRecord) -> Outcome {
+        let (text, blocks) = blocks::render(rec);
+        match self
+            .slack
+            .update_message(&msg.channel, &msg.ts, &text, &blocks)
+            .await
+        {
+            Ok(()) => Outcome::Ack,
+            Err(e) => slack_outcome(e),
+        }
+    }
+}
+
+fn uuid_like() -> String {
+    format!(
+        "notifier-{}-{}",
+        std::process::id(),
+        now().unix_timestamp_nanos()
+    )
 }
 
 impl Handler for Worker {
     async fn handle(&self, delivery: Delivery) -> Outcome {
-        tracing::debug!(kind = delivery.envelope.event.kind(), "received");
-        Outcome::Ack
+        self.show(&delivery.envelope.request_id).await
     }
 }

@@ -1,14 +1,16 @@
-//! The notifier worker: Posts and updates the Slack message of every request.
+//! The notifier: posts one Slack message per request and updates it as the request moves.
 //!
 //! A library with [`run`] so tests and `tars-dev` run it in-process; `main.rs` only
 //! parses the environment and waits for SIGTERM.
 
 mod handler;
 
+use std::time::Duration;
+
 use clap::Parser;
-use tars_common::config::{CommonArgs, WorkerArgs};
+use tars_common::config::{CommonArgs, ConfigError, WorkerArgs, report, secret};
 use tars_common::metrics::Metrics;
-use tars_common::service::{self, ServiceError};
+use tars_common::slack::SlackClient;
 use tars_common::topology::NOTIFIER;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +21,7 @@ pub use handler::Worker;
 #[command(
     name = "tars-notifier",
     version,
-    about = "Posts and updates the Slack message of every request"
+    about = "Posts and updates the Slack message of every TARS request"
 )]
 pub struct Args {
     /// Settings every TARS process has.
@@ -28,15 +30,54 @@ pub struct Args {
     /// Settings of the worker runtime.
     #[command(flatten)]
     pub worker: WorkerArgs,
+    /// Slack bot token (or SLACK_BOT_TOKEN_FILE).
+    #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
+    pub slack_bot_token: Option<String>,
+    /// File holding the Slack bot token.
+    #[arg(long, env = "SLACK_BOT_TOKEN_FILE")]
+    pub slack_bot_token_file: Option<std::path::PathBuf>,
+    /// The channel approvers watch.
+    #[arg(long, env = "SLACK_CHANNEL_ID")]
+    pub slack_channel_id: Option<String>,
+    /// Slack Web API base URL.
+    #[arg(long, env = "SLACK_API_URL", default_value = "https://slack.com/api")]
+    pub slack_api_url: String,
 }
 
 /// Runs the notifier until `shutdown` fires.
-pub async fn run(
-    args: Args,
-    metrics: Metrics,
-    shutdown: CancellationToken,
-) -> Result<(), ServiceError> {
-    let conn = service::connect(&args.common, "tars-notifier", metrics).await?;
-    let worker = Worker::new(&conn);
-    service::run_worker(NOTIFIER, conn, worker, &args.worker, shutdown).await
+pub async fn run(args: Args, metrics: Metrics, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    let token = secret(
+        "SLACK_BOT_TOKEN",
+        args.slack_bot_token.as_deref(),
+        args.slack_bot_token_file.as_deref(),
+    )
+    .unwrap_or_else(|e| {
+        problems.push(e);
+        None
+    });
+    if token.is_none() {
+        problems.push(ConfigError::new(
+            "SLACK_BOT_TOKEN",
+            "required (or SLACK_BOT_TOKEN_FILE)",
+        ));
+    }
+    if args.slack_channel_id.is_none() {
+        problems.push(ConfigError::new("SLACK_CHANNEL_ID", "required"));
+    }
+    report(problems).map_err(anyhow::Error::msg)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .connect_timeout(Duration::from_secs(3))
+        .build()?;
+    let slack = SlackClient::new(
+        http,
+        &args.slack_api_url,
+        token.as_deref().unwrap_or_default(),
+        metrics.clone(),
+    );
+    let conn = tars_common::service::connect(&args.common, "tars-notifier", metrics).await?;
+    let worker = Worker::new(&conn, slack, args.slack_channel_id.unwrap_or_default());
+    tars_common::service::run_worker(NOTIFIER, conn, worker, &args.worker, shutdown).await?;
+    Ok(())
 }

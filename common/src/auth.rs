@@ -1,0 +1,184 @@
+//! KBase authentication: who a token belongs to, and whether they are an admin.
+//!
+//! Every request to the ingress carries a KBase token; asking KBase each time would make
+//! the auth service the bottleneck, so answers are cached by a SHA-256 of the token (the
+//! token itself is never stored, logged or published) for `ttl`, and concurrent first
+//! lookups of one token share a single call.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use tokio::sync::OnceCell;
+
+use crate::domain::Username;
+use crate::metrics::Metrics;
+
+/// Who a valid token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthUser {
+    /// The KBase username.
+    pub username: Username,
+    /// The user's custom roles.
+    pub roles: Vec<String>,
+    /// Whether any role is one of the configured admin roles.
+    pub is_admin: bool,
+}
+
+/// Why a token was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// KBase says the token is not valid.
+    #[error("invalid KBase token")]
+    InvalidToken,
+    /// The token is valid but lacks a required role.
+    #[error("missing required role: {0}")]
+    MissingRole(String),
+    /// KBase could not be asked (down, timing out, answering 5xx).
+    #[error("KBase auth service unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The auth client's settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Base URL; `/api/V2/me` is appended.
+    pub url: String,
+    /// Roles of which any makes a user an admin.
+    pub admin_roles: Vec<String>,
+    /// Roles every user must all have.
+    pub required_roles: Vec<String>,
+    /// How long an answer is cached.
+    pub ttl: Duration,
+    /// Most tokens kept in the cache.
+    pub max_entries: usize,
+}
+
+type Lookup = Result<AuthUser, AuthError>;
+
+struct Entry {
+    created: Instant,
+    cell: OnceCell<Lookup>,
+}
+
+/// The KBase auth client with its cache; cheap to clone.
+#[derive(Clone)]
+pub struct KBaseAuth {
+    http: reqwest::Client,
+    cfg: Arc<AuthConfig>,
+    cache: Arc<Mutex<HashMap<[u8; 32], Arc<Entry>>>>,
+    metrics: Metrics,
+}
+
+#[derive(Deserialize)]
+struct Me {
+    user: String,
+    #[serde(default)]
+    customroles: Vec<String>,
+}
+
+impl KBaseAuth {
+    /// A client that shares `http` (one connection pool per process).
+    pub fn new(http: reqwest::Client, cfg: AuthConfig, metrics: Metrics) -> Self {
+        Self {
+            http,
+            cfg: Arc::new(cfg),
+            cache: Arc::default(),
+            metrics,
+        }
+    }
+
+    /// Who `token` belongs to. Valid and invalid answers are cached; outages are not.
+    pub async fn authenticate(&self, token: &str) -> Result<AuthUser, AuthError> {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let entry = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let fresh = cache
+                .get(&key)
+                .filter(|e| e.created.elapsed() < self.cfg.ttl)
+                .cloned();
+            match fresh {
+                Some(e) => e,
+                None => {
+                    if cache.len() >= self.cfg.max_entries {
+                        let ttl = self.cfg.ttl;
+                        cache.retain(|_, e| e.created.elapsed() < ttl);
+                        if cache.len() >= self.cfg.max_entries {
+                            cache.clear();
+                        }
+                    }
+                    let e = Arc::new(Entry {
+                        created: Instant::now(),
+                        cell: OnceCell::new(),
+                    });
+                    cache.insert(key, e.clone());
+                    e
+                }
+            }
+        };
+        let result = entry.cell.get_or_init(|| self.fetch(token)).await.clone();
+        let user = match result {
+            Err(AuthError::Unavailable(_)) => {
+                // Do not cache an outage: the next request asks again.
+                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                    cache.remove(&key);
+                }
+                result?
+            }
+            other => other?,
+        };
+        if let Some(missing) = self
+            .cfg
+            .required_roles
+            .iter()
+            .find(|r| !user.roles.contains(r))
+        {
+            return Err(AuthError::MissingRole(missing.clone()));
+        }
+        Ok(user)
+    }
+
+    async fn fetch(&self, token: &str) -> Lookup {
+        let url = format!("{}/api/V2/me", self.cfg.url.trim_end_matches('/'));
+        let resp = self
+            .http
+            .get(&url)
+            .header("Authorization", token)
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(r) => r,
+            Err(e) => {
+                let kind = if e.is_timeout() { "timeout" } else { "error" };
+                self.metrics.external("kbase", kind);
+                return Err(AuthError::Unavailable(kind.to_owned()));
+            }
+        };
+        let status = resp.status();
+        self.metrics.external("kbase", status.as_str());
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            return Err(AuthError::InvalidToken);
+        }
+        if !status.is_success() {
+            return Err(AuthError::Unavailable(format!("HTTP {status}")));
+        }
+        let me: Me = resp
+            .json()
+            .await
+            .map_err(|e| AuthError::Unavailable(format!("unreadable answer: {e}")))?;
+        let username = Username::parse(&me.user)
+            .map_err(|e| AuthError::Unavailable(format!("KBase returned a bad username: {e}")))?;
+        let is_admin = me
+            .customroles
+            .iter()
+            .any(|r| self.cfg.admin_roles.contains(r));
+        Ok(AuthUser {
+            username,
+            roles: me.customroles,
+            is_admin,
+        })
+    }
+}

@@ -1,0 +1,151 @@
+//! The Block Kit message that shows one request, rendered from its current record.
+//!
+//! Rendering only from the record (never from the event that triggered it) is what lets
+//! out-of-order or repeated events converge on the right message.
+
+use serde_json::{Value, json};
+
+use crate::domain::{RequestRecord, RequestStatus};
+
+/// `action_id` of the Approve button.
+pub const APPROVE_ACTION: &str = "approve";
+/// `action_id` of the Deny button.
+pub const DENY_ACTION: &str = "deny";
+/// Longest text put in one section (Slack's limit is 3,000 characters).
+const MAX_SECTION: usize = 2_900;
+
+/// Escapes the three characters Slack's mrkdwn treats as control characters.
+pub fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        text.to_owned()
+    } else {
+        let mut s: String = text.chars().take(max.saturating_sub(1)).collect();
+        s.push('…');
+        s
+    }
+}
+
+fn when(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+/// The outcome line shown once a request is no longer pending.
+pub fn outcome_line(r: &RequestRecord) -> String {
+    let by = r.decided_by.as_deref().map(escape).unwrap_or_default();
+    let at = r.decided_at.map(when).unwrap_or_default();
+    match r.status {
+        RequestStatus::Pending => "⏳ Waiting for an approver".into(),
+        RequestStatus::Approved => format!("✅ Approved by {by} at {at}; applying…"),
+        RequestStatus::Applied => format!(
+            "✅ Approved by {by} at {at}; access granted at {}",
+            r.applied_at.map(when).unwrap_or_default()
+        ),
+        RequestStatus::Denied => format!("❌ Denied by {by} at {at}"),
+        RequestStatus::Cancelled => format!("🚫 Cancelled by the requester at {at}"),
+        RequestStatus::Expired => format!("⌛ Expired unanswered at {at}"),
+        RequestStatus::Failed => format!(
+            "⚠️ Approved by {by} but applying failed: {}",
+            escape(&truncate(
+                r.failure_reason.as_deref().unwrap_or("unknown error"),
+                500
+            ))
+        ),
+        RequestStatus::Revoked => format!("🔒 Access revoked at {}", when(r.updated_at)),
+    }
+}
+
+/// The message text (notification fallback) and blocks for `r`.
+pub fn render(r: &RequestRecord) -> (String, Value) {
+    let text = format!(
+        "Access request {}: {} asks for {} on {} ({})",
+        r.request_id, r.requester, r.permission, r.tenant_name, r.status
+    );
+    let mut blocks = vec![
+        json!({"type": "header", "text": {"type": "plain_text", "text": truncate(&format!("Access request: {} ({})", r.tenant_name, r.permission), 150)}}),
+        json!({"type": "section", "fields": [
+            {"type": "mrkdwn", "text": format!("*Requester:*\n{}", escape(r.requester.as_str()))},
+            {"type": "mrkdwn", "text": format!("*Tenant:*\n{}", escape(r.tenant_name.as_str()))},
+            {"type": "mrkdwn", "text": format!("*Permission:*\n{}", r.permission)},
+            {"type": "mrkdwn", "text": format!("*Requested:*\n{}", when(r.created_at))},
+        ]}),
+    ];
+    if let Some(j) = &r.justification {
+        blocks.push(json!({"type": "section", "text": {"type": "mrkdwn",
+            "text": truncate(&format!("*Justification:*\n{}", escape(j.as_str())), MAX_SECTION)}}));
+    }
+    blocks.push(json!({"type": "context", "elements": [
+        {"type": "mrkdwn", "text": format!("Request `{}`", r.request_id)}]}));
+    if r.status == RequestStatus::Pending {
+        blocks.push(
+            json!({"type": "actions", "block_id": "decision", "elements": [
+                {"type": "button", "action_id": APPROVE_ACTION, "style": "primary",
+                 "text": {"type": "plain_text", "text": "Approve"}, "value": r.request_id.as_str()},
+                {"type": "button", "action_id": DENY_ACTION, "style": "danger",
+                 "text": {"type": "plain_text", "text": "Deny"}, "value": r.request_id.as_str()},
+            ]}),
+        );
+    } else {
+        blocks
+            .push(json!({"type": "section", "text": {"type": "mrkdwn", "text": outcome_line(r)}}));
+    }
+    (text, Value::Array(blocks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::*;
+
+    fn record() -> RequestRecord {
+        RequestRecord::new_pending(
+            RequestId::new(),
+            Username::parse("alice").unwrap(),
+            TenantName::parse("kbase").unwrap(),
+            Permission::ReadWrite,
+            Justification::parse(&format!("<script>&{}", "x".repeat(5000))).unwrap(),
+            now(),
+        )
+    }
+
+    #[test]
+    fn pending_messages_carry_buttons_whose_value_is_only_the_id() {
+        let r = record();
+        let (_, blocks) = render(&r);
+        let s = blocks.to_string();
+        assert!(s.contains("&lt;script&gt;&amp;"));
+        assert!(!s.contains("<script>"));
+        let actions = blocks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "actions")
+            .unwrap();
+        for b in actions["elements"].as_array().unwrap() {
+            assert_eq!(b["value"], r.request_id.as_str());
+        }
+        for b in blocks.as_array().unwrap() {
+            if let Some(t) = b["text"]["text"].as_str() {
+                assert!(t.chars().count() <= 3000);
+            }
+        }
+    }
+
+    #[test]
+    fn decided_messages_show_who_and_no_buttons() {
+        let mut r = record();
+        r.status = RequestStatus::Failed;
+        r.decided_by = Some("bob".into());
+        r.failure_reason = Some("group not found".into());
+        let (_, blocks) = render(&r);
+        let s = blocks.to_string();
+        assert!(!s.contains("\"actions\""));
+        assert!(s.contains("bob") && s.contains("group not found"));
+    }
+}

@@ -1,0 +1,119 @@
+//! Extractors that turn raw input into typed values or an [`ApiError`].
+
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::{StatusCode, request::Parts};
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+use tars_common::auth::{AuthError, AuthUser};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// A JSON body parsed strictly: syntax errors → 400, unknown or mistyped fields → 422
+/// naming the field, too large → 413; all with the JSON error body.
+pub struct StrictJson<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<AppState> for StrictJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|rej| {
+            let status = rej.status();
+            if status == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    status,
+                    "payload_too_large",
+                    "the body is larger than 64 KiB",
+                )
+            } else {
+                ApiError::new(status, "bad_request", rej.body_text())
+            }
+        })?;
+        parse_json(&bytes).map(StrictJson)
+    }
+}
+
+/// Parses JSON with the status rules of [`StrictJson`].
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let bytes = if bytes.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        bytes
+    };
+    serde_json::from_slice(bytes).map_err(|e| {
+        use serde_json::error::Category;
+        match e.classify() {
+            Category::Data => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_error",
+                e.to_string(),
+            ),
+            _ => ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "malformed_json",
+                format!("the body is not valid JSON: {e}"),
+            ),
+        }
+    })
+}
+
+/// The authenticated caller (`Authorization: Bearer <KBase token>`).
+pub struct Caller(pub AuthUser);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let unauthorized =
+            |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", m.to_owned());
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| {
+                unauthorized(
+                    "missing Authorization header; send `Authorization: Bearer <KBase token>`",
+                )
+            })?
+            .to_str()
+            .map_err(|_| unauthorized("the Authorization header is not readable text"))?;
+        let (scheme, token) = header.trim().split_once(' ').unwrap_or((header, ""));
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(unauthorized(
+                "the Authorization header must use the Bearer scheme: `Bearer <KBase token>`",
+            ));
+        }
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(unauthorized("the Bearer token is empty"));
+        }
+        match state.auth.authenticate(token).await {
+            Ok(user) => Ok(Caller(user)),
+            Err(AuthError::InvalidToken) => Err(unauthorized("invalid or expired KBase token")),
+            Err(AuthError::MissingRole(role)) => Err(ApiError::forbidden(format!(
+                "your KBase account lacks the required role {role}"
+            ))),
+            Err(AuthError::Unavailable(why)) => {
+                tracing::warn!(%why, "KBase auth unavailable");
+                Err(ApiError::unavailable(
+                    "the KBase auth service is unavailable; try again shortly",
+                ))
+            }
+        }
+    }
+}
+
+/// The caller, who must be an admin (403 otherwise).
+pub struct Admin(pub AuthUser);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Caller(user) = Caller::from_request_parts(parts, state).await?;
+        if user.is_admin {
+            Ok(Admin(user))
+        } else {
+            Err(ApiError::forbidden("this needs an admin role"))
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! The `/openapi.json` document: every route the router serves, with its answers.
+
+use serde_json::{Value, json};
+
+fn op(summary: &str, auth: bool, body: Option<Value>, answers: &[(&str, &str)]) -> Value {
+    let mut responses = serde_json::Map::new();
+    for (code, what) in answers {
+        responses.insert((*code).into(), json!({"description": what}));
+    }
+    let mut o = json!({"summary": summary, "responses": responses});
+    if auth {
+        o["security"] = json!([{"kbase": []}]);
+    }
+    if let Some(schema) = body {
+        o["requestBody"] =
+            json!({"required": true, "content": {"application/json": {"schema": schema}}});
+    }
+    o
+}
+
+/// The OpenAPI 3.1 document.
+pub fn document() -> Value {
+    let submit = json!({"type": "object", "additionalProperties": false, "required": ["tenant_name"],
+        "properties": {"tenant_name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
+            "permission": {"enum": ["read_only", "read_write"], "default": "read_only"},
+            "justification": {"type": "string", "maxLength": 2000}, "duration": {"type": "string", "example": "30d"}}});
+    let decision = json!({"type": "object", "additionalProperties": false, "properties": {
+        "request_id": {"type": "string"}, "requester": {"type": "string"}, "tenant_name": {"type": "string"},
+        "permission": {"enum": ["read_only", "read_write"]}, "reason": {"type": "string"},
+        "channel_id": {"type": "string"}, "message_ts": {"type": "string"}}});
+    let submit_op = op(
+        "Ask for access to a tenant",
+        true,
+        Some(submit),
+        &[
+            ("202", "submitted"),
+            ("200", "an open request for the same tenant and permission"),
+            ("401", "no or bad token"),
+            ("413", "body over 64 KiB"),
+            ("422", "invalid field"),
+            ("429", "rate limit or open-request cap (Retry-After)"),
+            ("503", "auth or NATS unavailable (Retry-After)"),
+        ],
+    );
+    let list_op = op(
+        "List requests (own; admins all)",
+        true,
+        None,
+        &[
+            ("200", "{requests, next}"),
+            ("403", "requester filter naming someone else"),
+        ],
+    );
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "TARS — Tenant Access Request Service", "version": env!("CARGO_PKG_VERSION")},
+        "components": {"securitySchemes": {"kbase": {"type": "http", "scheme": "bearer", "description": "KBase token"}}},
+        "paths": {
+            "/requests": {"post": submit_op.clone(), "get": list_op.clone()},
+            "/requests/": {"post": submit_op, "get": list_op},
+            "/requests/{id}": {"get": op("A request with its history", true, None, &[("200", "record + history"), ("404", "unknown or not yours")])},
+            "/requests/{id}/cancel": {"post": op("Cancel a pending request (requester)", true, None, &[("200", "cancelled"), ("404", "unknown"), ("409", "no longer pending")])},
+            "/approvals/approve": {"post": op("Approve (admin)", true, Some(decision.clone()), &[("202", "decision accepted"), ("403", "not an admin or own request"), ("404", "unknown"), ("409", "already decided")])},
+            "/approvals/deny": {"post": op("Deny (admin)", true, Some(decision), &[("202", "decision accepted"), ("403", "not an admin or own request"), ("404", "unknown"), ("409", "already decided")])},
+            "/slack/interact": {"post": op("Slack interactivity (signed form payload=)", false, None, &[("200", "handled"), ("401", "bad or stale signature")])},
+            "/admin/dead-letters": {"get": op("List dead letters (admin)", true, None, &[("200", "{dead_letters, next}")])},
+            "/admin/dead-letters/{seq}/replay": {"post": op("Replay a dead letter (admin)", true, None, &[("202", "replayed"), ("404", "unknown")])},
+            "/admin/dead-letters/{seq}": {"delete": op("Discard a dead letter (admin)", true, None, &[("204", "discarded"), ("404", "unknown")])},
+            "/health": {"get": op("Health", false, None, &[("200", "ok")])},
+            "/livez": {"get": op("Liveness", false, None, &[("200", "ok")])},
+            "/readyz": {"get": op("Readiness: NATS connected", false, None, &[("200", "ready"), ("503", "not ready")])},
+            "/metrics": {"get": op("Prometheus metrics", false, None, &[("200", "text exposition")])},
+            "/openapi.json": {"get": op("This document", false, None, &[("200", "OpenAPI 3.1")])},
+        }
+    })
+}

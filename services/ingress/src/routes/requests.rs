@@ -1,0 +1,335 @@
+//! The users' API: submit, read, list and cancel access requests.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tars_common::domain::{
+    Justification, Permission, RequestId, RequestRecord, RequestStatus, Source, TenantName,
+    Username, now,
+};
+use tars_common::events::{Envelope, Event};
+use tars_common::store::{Change, open_slot};
+
+use crate::error::ApiError;
+use crate::extract::{Caller, StrictJson};
+use crate::history;
+use crate::state::AppState;
+
+/// `POST /requests` body (the notebook client's fields plus `duration`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitBody {
+    tenant_name: String,
+    #[serde(default)]
+    permission: Option<String>,
+    #[serde(default)]
+    justification: Option<String>,
+    #[serde(default)]
+    duration: Option<String>,
+}
+
+/// The answer to a submission, keeping the notebook client's fields.
+#[derive(Debug, Serialize)]
+pub struct SubmitAnswer {
+    status: RequestStatus,
+    message: String,
+    requester: Username,
+    tenant_name: TenantName,
+    permission: Permission,
+    request_id: RequestId,
+    #[serde(with = "time::serde::rfc3339")]
+    created_at: time::OffsetDateTime,
+}
+
+fn answer(r: &RequestRecord, message: String) -> SubmitAnswer {
+    SubmitAnswer {
+        status: r.status,
+        message,
+        requester: r.requester.clone(),
+        tenant_name: r.tenant_name.clone(),
+        permission: r.permission,
+        request_id: r.request_id.clone(),
+        created_at: r.created_at,
+    }
+}
+
+/// `POST /requests` and `/requests/`.
+///
+/// Order of writes, each safe to repeat: (1) the requester's open index gets the new id by
+/// compare-and-set (this is where concurrent duplicates lose), (2) the record is created
+/// create-only, (3) `request.submitted` is published with `Nats-Msg-Id:
+/// <id>.request.submitted`. A failure after (1) or (2) answers 503; the client's retry
+/// finds the id in the index, completes whatever is missing and republishes (a no-op for
+/// the stream inside the 2-minute duplicate window), so nothing is lost or stuck.
+pub async fn submit(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    StrictJson(body): StrictJson<SubmitBody>,
+) -> Result<Response, ApiError> {
+    let tenant = TenantName::parse(&body.tenant_name)?;
+    let permission: Permission = match body.permission.as_deref() {
+        None => Permission::default(),
+        Some(p) => p.parse()?,
+    };
+    let justification = Justification::parse(body.justification.as_deref().unwrap_or(""))?;
+    if let Some(d) = body.duration.as_deref() {
+        tars_common::config::parse_duration(d).map_err(|m| {
+            ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation_error",
+                format!("duration: {m}"),
+            )
+        })?;
+    }
+    let requester = user.username;
+    let slot = open_slot(&tenant, permission);
+    let mut took_token = false;
+    for _ in 0..100 {
+        let idx = st.store.open_index(&requester).await?;
+        let (mut open, revision) = match idx {
+            Some(v) => (v.value, Some(v.revision)),
+            None => (Default::default(), None),
+        };
+        if let Some(id) = open.get(&slot).cloned() {
+            match st.store.get(&id).await? {
+                Some(rec) if rec.value.status == RequestStatus::Pending => {
+                    if took_token {
+                        st.limiter.refund(&requester);
+                    }
+                    if rec.value.slack.is_none() {
+                        // Possibly never published (a failed earlier attempt): publish again;
+                        // the stream drops it if the first one went through.
+                        st.publisher
+                            .publish_transition(&Envelope::new(
+                                id.clone(),
+                                requester.to_string(),
+                                Event::submitted(&rec.value),
+                            ))
+                            .await?;
+                    }
+                    let msg = format!(
+                        "You already have an open request {id} for {permission} access to {tenant}; \
+                         it is waiting for an approver. Follow it with GET /requests/{id}."
+                    );
+                    return Ok((StatusCode::OK, Json(answer(&rec.value, msg))).into_response());
+                }
+                Some(_) => {
+                    // Stale index entry: that request already left pending.
+                    open.remove(&slot);
+                    st.store
+                        .write_open_index(&requester, &open, revision)
+                        .await?;
+                    continue;
+                }
+                None => {
+                    // The index names an id whose record was never written: finish it.
+                    let rec = RequestRecord::new_pending(
+                        id,
+                        requester.clone(),
+                        tenant.clone(),
+                        permission,
+                        justification.clone(),
+                        now(),
+                    );
+                    return create_and_publish(&st, rec).await;
+                }
+            }
+        }
+        if open.len() >= st.max_open {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_open_requests",
+                format!("you have {} open requests, the most allowed; wait for decisions or cancel some", open.len()),
+            )
+            .retry_after(std::time::Duration::from_secs(60)));
+        }
+        if !took_token {
+            st.limiter.take(&requester).map_err(|wait| {
+                ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    format!("too many submissions; try again in {} s", wait.as_secs()),
+                )
+                .retry_after(wait)
+            })?;
+            took_token = true;
+        }
+        let id = RequestId::new();
+        open.insert(slot.clone(), id.clone());
+        if st
+            .store
+            .write_open_index(&requester, &open, revision)
+            .await?
+        {
+            let rec = RequestRecord::new_pending(
+                id,
+                requester.clone(),
+                tenant.clone(),
+                permission,
+                justification.clone(),
+                now(),
+            );
+            return create_and_publish(&st, rec).await;
+        }
+    }
+    Err(ApiError::unavailable(
+        "too many concurrent submissions; try again",
+    ))
+}
+
+async fn create_and_publish(st: &AppState, rec: RequestRecord) -> Result<Response, ApiError> {
+    let rec = if st.store.create(&rec).await? {
+        st.metrics.requests.with_label_values(&["pending"]).inc();
+        rec
+    } else {
+        st.store
+            .get(&rec.request_id)
+            .await?
+            .map(|v| v.value)
+            .ok_or_else(|| ApiError::unavailable("request store inconsistent; try again"))?
+    };
+    st.publisher
+        .publish_transition(&Envelope::new(
+            rec.request_id.clone(),
+            rec.requester.to_string(),
+            Event::submitted(&rec),
+        ))
+        .await?;
+    let msg = format!(
+        "Request {} for {} access to {} submitted; an approver has been notified. \
+         Follow it with GET /requests/{}.",
+        rec.request_id, rec.permission, rec.tenant_name, rec.request_id
+    );
+    Ok((StatusCode::ACCEPTED, Json(answer(&rec, msg))).into_response())
+}
+
+/// Loads a record the caller may see (requester or admin); anything else is 404.
+pub async fn visible(
+    st: &AppState,
+    caller: &tars_common::auth::AuthUser,
+    raw_id: &str,
+) -> Result<(RequestRecord, u64), ApiError> {
+    let id =
+        RequestId::parse(raw_id).map_err(|_| ApiError::not_found(format!("request {raw_id}")))?;
+    match st.store.get(&id).await? {
+        Some(v) if caller.is_admin || v.value.requester == caller.username => {
+            Ok((v.value, v.revision))
+        }
+        _ => Err(ApiError::not_found(format!("request {id}"))),
+    }
+}
+
+/// `GET /requests/{id}`: the record and its history from the audit stream.
+pub async fn get_one(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (rec, _) = visible(&st, &user, &id).await?;
+    let history = history::of(&st.topology.events, &rec.request_id).await?;
+    let mut v = serde_json::to_value(&rec).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.remove("slack_claim");
+        o.insert("history".into(), Value::Array(history));
+    }
+    Ok(Json(v))
+}
+
+/// `GET /requests` query.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    status: Option<String>,
+    requester: Option<String>,
+    /// The last request id of the previous page.
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /requests?status=&requester=&cursor=&limit=`: own requests; admins see all.
+pub async fn list(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let status: Option<RequestStatus> = q.status.as_deref().map(str::parse).transpose()?;
+    let requester = match q.requester.as_deref() {
+        Some(r) => {
+            let r = Username::parse(r)?;
+            if !user.is_admin && r != user.username {
+                return Err(ApiError::forbidden(
+                    "only admins may list other users' requests",
+                ));
+            }
+            Some(r)
+        }
+        None if user.is_admin => None,
+        None => Some(user.username.clone()),
+    };
+    let cursor = q.cursor.as_deref().map(RequestId::parse).transpose()?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let all = st.store.all().await?;
+    let mut page: Vec<RequestRecord> = all
+        .into_iter()
+        .filter(|r| requester.as_ref().is_none_or(|u| &r.requester == u))
+        .filter(|r| status.is_none_or(|s| r.status == s))
+        .filter(|r| cursor.as_ref().is_none_or(|c| &r.request_id < c))
+        .take(limit + 1)
+        .collect();
+    let next = if page.len() > limit {
+        page.truncate(limit);
+        page.last().map(|r| r.request_id.to_string())
+    } else {
+        None
+    };
+    Ok(Json(json!({"requests": page, "next": next})))
+}
+
+/// `POST /requests/{id}/cancel`: the requester withdraws a pending request.
+pub async fn cancel(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let (rec, _) = visible(&st, &user, &id).await?;
+    if rec.requester != user.username {
+        return Err(ApiError::forbidden(
+            "only the requester may cancel a request",
+        ));
+    }
+    let (outcome, _) = st
+        .store
+        .modify(&rec.request_id, |r| {
+            if r.status != RequestStatus::Pending {
+                return Change::Keep(Err(r.status));
+            }
+            r.status = RequestStatus::Cancelled;
+            r.decided_by = Some(user.username.to_string());
+            r.decided_at = Some(now());
+            r.decision_source = Some(Source::Rest);
+            Change::Write(Ok(()))
+        })
+        .await?;
+    if let Err(status) = outcome {
+        return Err(ApiError::conflict(format!(
+            "request {} is already {status}",
+            rec.request_id
+        )));
+    }
+    st.metrics.requests.with_label_values(&["cancelled"]).inc();
+    st.publisher
+        .publish_transition(&Envelope::new(
+            rec.request_id.clone(),
+            user.username.to_string(),
+            Event::RequestCancelled {},
+        ))
+        .await?;
+    Ok(Json(json!({
+        "request_id": rec.request_id,
+        "status": "cancelled",
+        "message": format!("Request {} cancelled.", rec.request_id),
+    })))
+}

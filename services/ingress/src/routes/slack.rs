@@ -1,0 +1,309 @@
+//! `POST /slack/interact`: button clicks and modal submissions, signed by Slack.
+//!
+//! The signature is checked on the raw body before anything is parsed. Slack wants an
+//! answer within 3 s, so nothing slow happens before answering: a decision is one
+//! publish; telling a refused clicker why goes through `response_url` in the background.
+//! A click's `Nats-Msg-Id` is a hash of the action itself, so Slack's retries
+//! (`X-Slack-Retry-Num`) and replays of a signed body produce no second decision.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tars_common::domain::{RequestId, Source, Username};
+use tars_common::events::Decision;
+use tars_common::slack::blocks::{APPROVE_ACTION, DENY_ACTION};
+use tars_common::slack::signature;
+
+use crate::error::ApiError;
+use crate::routes::approvals::publish_decision;
+use crate::state::{AppState, ApprovalMode};
+
+/// Block id of the token input in the modal.
+pub const TOKEN_BLOCK_ID: &str = "kbase_token";
+/// Action id of the token input.
+pub const TOKEN_ACTION_ID: &str = "token";
+/// Callback id of the modal.
+pub const MODAL_CALLBACK_ID: &str = "tars_kbase_token";
+
+#[derive(Deserialize)]
+struct Form {
+    payload: String,
+}
+
+#[derive(Deserialize)]
+struct SlackUser {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct Action {
+    action_id: String,
+    #[serde(default)]
+    value: Option<String>,
+    #[serde(default)]
+    action_ts: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct View {
+    id: String,
+    #[serde(default)]
+    callback_id: Option<String>,
+    #[serde(default)]
+    private_metadata: Option<String>,
+    #[serde(default)]
+    state: Value,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type")]
+enum Payload {
+    #[serde(rename = "block_actions")]
+    BlockActions {
+        user: SlackUser,
+        #[serde(default)]
+        actions: Vec<Action>,
+        #[serde(default)]
+        trigger_id: Option<String>,
+        #[serde(default)]
+        response_url: Option<String>,
+    },
+    #[serde(rename = "view_submission")]
+    ViewSubmission { user: SlackUser, view: View },
+    #[serde(other)]
+    Other,
+}
+
+#[derive(serde::Serialize, Deserialize)]
+struct ModalMeta {
+    request_id: RequestId,
+    decision: Decision,
+}
+
+fn bad(message: &str) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message.to_owned())
+}
+
+fn msg_id(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    format!("slack.{}", hex::encode(&h.finalize()[..16]))
+}
+
+/// Verifies, parses and dispatches one interaction.
+pub async fn interact(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(secret) = st.slack.signing_secret.as_deref() else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Slack is not configured",
+        ));
+    };
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    signature::verify(
+        secret,
+        header("x-slack-request-timestamp"),
+        header("x-slack-signature"),
+        &body,
+        time::OffsetDateTime::now_utc().unix_timestamp(),
+    )
+    .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", e.to_string()))?;
+    let form: Form =
+        serde_urlencoded::from_bytes(&body).map_err(|_| bad("expected a form with payload="))?;
+    let payload: Payload = serde_json::from_str(&form.payload)
+        .map_err(|e| bad(&format!("unreadable payload: {e}")))?;
+    match payload {
+        Payload::BlockActions {
+            user,
+            actions,
+            trigger_id,
+            response_url,
+        } => {
+            let Some(action) = actions.into_iter().next() else {
+                return Ok(StatusCode::OK.into_response());
+            };
+            let decision = match action.action_id.as_str() {
+                APPROVE_ACTION => Decision::Approve,
+                DENY_ACTION => Decision::Deny,
+                _ => return Ok(StatusCode::OK.into_response()),
+            };
+            let Some(id) = action
+                .value
+                .as_deref()
+                .and_then(|v| RequestId::parse(v).ok())
+            else {
+                return Err(bad("the button carries no request id"));
+            };
+            click(
+                &st,
+                user.id,
+                decision,
+                id,
+                action.action_ts,
+                trigger_id,
+                response_url,
+            )
+            .await
+        }
+        Payload::ViewSubmission { user, view } => submit_token(&st, user.id, view).await,
+        Payload::Other => Ok(StatusCode::OK.into_response()),
+    }
+}
+
+fn tell(st: &AppState, response_url: Option<String>, text: String) {
+    if let (Some(client), Some(url)) = (st.slack.client.clone(), response_url) {
+        tokio::spawn(async move {
+            if let Err(e) = client.respond(&url, &text).await {
+                tracing::warn!(error = %e, "could not answer the clicker");
+            }
+        });
+    }
+}
+
+async fn click(
+    st: &AppState,
+    slack_user: String,
+    decision: Decision,
+    id: RequestId,
+    action_ts: Option<String>,
+    trigger_id: Option<String>,
+    response_url: Option<String>,
+) -> Result<Response, ApiError> {
+    match &st.slack.mode {
+        ApprovalMode::Allowlist(approvers) => {
+            let Some(kbase_user) = approvers.get(&slack_user) else {
+                tracing::info!(%slack_user, request_id = %id, "click by a Slack user who is not an approver");
+                tell(
+                    st,
+                    response_url,
+                    "You are not an approver for TARS access requests; your click changed nothing."
+                        .into(),
+                );
+                return Ok(StatusCode::OK.into_response());
+            };
+            let kind = format!("{decision:?}");
+            let key = msg_id(&[
+                &slack_user,
+                &kind,
+                id.as_str(),
+                action_ts.as_deref().unwrap_or(""),
+            ]);
+            publish_decision(
+                st,
+                id,
+                decision,
+                kbase_user.clone(),
+                Source::Slack,
+                None,
+                &key,
+            )
+            .await?;
+            Ok(StatusCode::OK.into_response())
+        }
+        ApprovalMode::KbaseToken => {
+            let (Some(client), Some(trigger)) = (st.slack.client.clone(), trigger_id) else {
+                return Err(ApiError::unavailable(
+                    "the token modal needs SLACK_BOT_TOKEN",
+                ));
+            };
+            let meta = serde_json::to_string(&ModalMeta {
+                request_id: id.clone(),
+                decision,
+            })
+            .unwrap_or_default();
+            let verb = if decision == Decision::Approve {
+                "Approve"
+            } else {
+                "Deny"
+            };
+            let view = json!({
+                "type": "modal",
+                "callback_id": MODAL_CALLBACK_ID,
+                "private_metadata": meta,
+                "title": {"type": "plain_text", "text": format!("{verb} request")},
+                "submit": {"type": "plain_text", "text": verb},
+                "close": {"type": "plain_text", "text": "Cancel"},
+                "blocks": [{
+                    "type": "input", "block_id": TOKEN_BLOCK_ID,
+                    "label": {"type": "plain_text", "text": "Your KBase token (admin role required)"},
+                    "element": {"type": "plain_text_input", "action_id": TOKEN_ACTION_ID},
+                }],
+            });
+            // views.open must happen within the trigger's 3 s; it is one fast call.
+            if let Err(e) = client.open_view(&trigger, &view).await {
+                tracing::warn!(error = %e, request_id = %id, "views.open failed");
+                tell(
+                    st,
+                    response_url,
+                    "TARS could not open the approval dialog; try again.".into(),
+                );
+            }
+            Ok(StatusCode::OK.into_response())
+        }
+    }
+}
+
+fn modal_error(text: &str) -> Response {
+    Json(json!({"response_action": "errors", "errors": {TOKEN_BLOCK_ID: text}})).into_response()
+}
+
+async fn submit_token(st: &AppState, slack_user: String, view: View) -> Result<Response, ApiError> {
+    if view.callback_id.as_deref() != Some(MODAL_CALLBACK_ID) {
+        return Ok(StatusCode::OK.into_response());
+    }
+    let Some(meta) = view
+        .private_metadata
+        .as_deref()
+        .and_then(|m| serde_json::from_str::<ModalMeta>(m).ok())
+    else {
+        return Err(bad("the modal carries no request"));
+    };
+    let token = view.state[TOKEN_BLOCK_ID][TOKEN_ACTION_ID]["value"]
+        .as_str()
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    if token.is_empty() {
+        return Ok(modal_error("Enter your KBase token."));
+    }
+    let user = match st.auth.authenticate(&token).await {
+        Ok(u) => u,
+        Err(tars_common::auth::AuthError::Unavailable(_)) => {
+            return Ok(modal_error(
+                "The KBase auth service is unavailable; try again shortly.",
+            ));
+        }
+        Err(_) => return Ok(modal_error("That KBase token is not valid.")),
+    };
+    drop(token);
+    if !user.is_admin {
+        return Ok(modal_error("That KBase account has no admin role."));
+    }
+    let kind = format!("{:?}", meta.decision);
+    let key = msg_id(&[&view.id, &kind, meta.request_id.as_str()]);
+    tracing::info!(%slack_user, approver = %user.username, request_id = %meta.request_id, "decision from the token modal");
+    let by: Username = user.username;
+    publish_decision(
+        st,
+        meta.request_id,
+        meta.decision,
+        by,
+        Source::Slack,
+        None,
+        &key,
+    )
+    .await?;
+    Ok(StatusCode::OK.into_response())
+}

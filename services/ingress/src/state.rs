@@ -1,0 +1,56 @@
+//! What every handler shares.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tars_common::auth::KBaseAuth;
+use tars_common::domain::Username;
+use tars_common::events::EventPublisher;
+use tars_common::metrics::Metrics;
+use tars_common::slack::SlackClient;
+use tars_common::store::RequestStore;
+use tars_common::topology::Topology;
+
+use crate::ratelimit::RateLimiter;
+
+/// How Slack clicks become decisions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApprovalMode {
+    /// Listed Slack users decide at once, recorded under their mapped KBase username.
+    Allowlist(HashMap<String, Username>),
+    /// Any click opens a modal asking for the clicker's KBase token (the older behaviour).
+    KbaseToken,
+}
+
+/// Slack settings of the ingress.
+pub struct SlackSettings {
+    /// Signs every interaction Slack sends.
+    pub signing_secret: Option<String>,
+    /// Allowlist or KBase-token approval.
+    pub mode: ApprovalMode,
+    /// Opens the token modal (kbase-token mode) and answers clickers.
+    pub client: Option<SlackClient>,
+}
+
+/// Shared state; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// Request records.
+    pub store: RequestStore,
+    /// Publishes events.
+    pub publisher: EventPublisher,
+    /// Streams and bucket (history and dead letters read from here).
+    pub topology: Topology,
+    /// Checks tokens.
+    pub auth: KBaseAuth,
+    /// Slack settings.
+    pub slack: Arc<SlackSettings>,
+    /// Per-user submission limit.
+    pub limiter: Arc<RateLimiter>,
+    /// Most open requests per user.
+    pub max_open: usize,
+    /// The process's metrics.
+    pub metrics: Metrics,
+    /// The NATS connection, for readiness.
+    pub client: async_nats::Client,
+}
