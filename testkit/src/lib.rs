@@ -2,5 +2,6 @@
 //! harness and stand-ins for the third-party HTTP services TARS talks to.
 
 pub mod nats_server;
+pub mod standin;
 
 pub use nats_server::{NatsCluster, NatsServer};

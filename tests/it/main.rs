@@ -1,6 +1,8 @@
 //! Integration tests of TARS against a real nats-server (one test binary, a module per area).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod ingress;
 mod runtime;
+mod stack;
 mod support;
 mod topology;

@@ -270,7 +270,7 @@ async fn submit_token(st: &AppState, slack_user: String, view: View) -> Result<R
     else {
         return Err(bad("the modal carries no request"));
     };
-    let token = view.state[TOKEN_BLOCK_ID][TOKEN_ACTION_ID]["value"]
+    let token = view.state["values"][TOKEN_BLOCK_ID][TOKEN_ACTION_ID]["value"]
         .as_str()
         .unwrap_or("")
         .trim()

@@ -1,0 +1,113 @@
+//! KBase auth stand-in: `GET /api/V2/me` with `Authorization: <token>`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::json;
+
+use super::faults::Faults;
+
+#[derive(Default)]
+struct Inner {
+    users: Mutex<HashMap<String, (String, Vec<String>)>>,
+    calls: AtomicUsize,
+    faults: Faults,
+}
+
+/// The KBase auth stand-in.
+pub struct FakeKbase {
+    inner: Arc<Inner>,
+    served: super::Served,
+}
+
+fn kbase_error(status: u16, appcode: u32, apperror: &str) -> serde_json::Value {
+    json!({"error": {"httpcode": status, "httpstatus": "Unauthorized", "appcode": appcode,
+        "apperror": apperror, "message": format!("{appcode} {apperror}"), "callid": "1234", "time": 1_700_000_000_000u64}})
+}
+
+async fn me(State(s): State<Arc<Inner>>, headers: HeaderMap) -> Response {
+    s.calls.fetch_add(1, Ordering::SeqCst);
+    if let Some(r) = s
+        .faults
+        .apply(kbase_error(429, 0, "Too many requests"))
+        .await
+    {
+        return r;
+    }
+    let Some(token) = headers.get("authorization").and_then(|v| v.to_str().ok()) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(kbase_error(401, 10010, "No authentication token")),
+        )
+            .into_response();
+    };
+    let user = s
+        .users
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(token)
+        .cloned();
+    match user {
+        Some((name, roles)) => axum::Json(json!({
+            "user": name, "display": name, "email": format!("{name}@example.org"),
+            "customroles": roles, "roles": [], "created": 1_600_000_000_000u64,
+            "lastlogin": 1_700_000_000_000u64, "idents": [], "policyids": [], "local": false, "anonid": "anon",
+        }))
+        .into_response(),
+        None => (StatusCode::UNAUTHORIZED, axum::Json(kbase_error(401, 10020, "Invalid token"))).into_response(),
+    }
+}
+
+impl FakeKbase {
+    /// Starts on a free port.
+    pub async fn start() -> Self {
+        Self::start_on(0).await
+    }
+
+    /// Starts on `port` (0: any).
+    pub async fn start_on(port: u16) -> Self {
+        let inner = Arc::new(Inner::default());
+        let router = axum::Router::new()
+            .route("/api/V2/me", get(me))
+            .with_state(inner.clone());
+        let served = super::serve(router, port)
+            .await
+            .unwrap_or_else(|e| panic!("KBase stand-in: {e}"));
+        Self { inner, served }
+    }
+
+    /// Base URL (TARS appends `/api/V2/me`).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.served.addr)
+    }
+
+    /// Makes `token` belong to `username` with `roles`.
+    pub fn add_user(&self, token: &str, username: &str, roles: &[&str]) {
+        self.inner
+            .users
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(
+                token.to_owned(),
+                (
+                    username.to_owned(),
+                    roles.iter().map(|r| (*r).to_owned()).collect(),
+                ),
+            );
+    }
+
+    /// How many `/api/V2/me` calls arrived.
+    pub fn calls(&self) -> usize {
+        self.inner.calls.load(Ordering::SeqCst)
+    }
+
+    /// Fault injection.
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
+    }
+}

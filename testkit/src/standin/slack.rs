@@ -1,0 +1,279 @@
+//! Slack Web API stand-in: `chat.postMessage`, `chat.update`, `views.open`, response URLs,
+//! and a small web page of the channel where a person clicks Approve/Deny (the page sends
+//! properly signed interactions to the ingress, as Slack would).
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Form, State};
+use axum::http::HeaderMap;
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+use super::faults::Faults;
+use super::interact::SlackInteractor;
+
+/// One message in the stand-in channel.
+#[derive(Debug, Clone)]
+pub struct SlackMessage {
+    /// Channel id.
+    pub channel: String,
+    /// Message id.
+    pub ts: String,
+    /// Fallback text.
+    pub text: String,
+    /// Block Kit blocks.
+    pub blocks: Value,
+    /// How many times `chat.update` changed it.
+    pub updates: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    token: String,
+    channels: Vec<String>,
+    messages: Mutex<Vec<SlackMessage>>,
+    calls: Mutex<Vec<(String, Value)>>,
+    views: Mutex<Vec<Value>>,
+    responses: Mutex<Vec<Value>>,
+    target: Mutex<Option<SlackInteractor>>,
+    faults: Faults,
+}
+
+/// The Slack stand-in.
+pub struct FakeSlack {
+    inner: Arc<Inner>,
+    served: super::Served,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn api(s: &Inner, method: &str, headers: &HeaderMap, body: Value) -> Response {
+    lock(&s.calls).push((method.to_owned(), body.clone()));
+    if let Some(r) = s
+        .faults
+        .apply(json!({"ok": false, "error": "ratelimited"}))
+        .await
+    {
+        return r;
+    }
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    match auth {
+        None => return axum::Json(json!({"ok": false, "error": "not_authed"})).into_response(),
+        Some(a) if a != format!("Bearer {}", s.token) => {
+            return axum::Json(json!({"ok": false, "error": "invalid_auth"})).into_response();
+        }
+        _ => {}
+    }
+    let channel = body["channel"].as_str().unwrap_or_default().to_owned();
+    let answer = match method {
+        "chat.postMessage" => {
+            if !s.channels.contains(&channel) {
+                json!({"ok": false, "error": "channel_not_found"})
+            } else {
+                let mut msgs = lock(&s.messages);
+                let ts = format!("1700000000.{:06}", msgs.len() + 1);
+                msgs.push(SlackMessage {
+                    channel: channel.clone(),
+                    ts: ts.clone(),
+                    text: body["text"].as_str().unwrap_or_default().to_owned(),
+                    blocks: body["blocks"].clone(),
+                    updates: 0,
+                });
+                json!({"ok": true, "channel": channel, "ts": ts, "message": {"text": body["text"], "blocks": body["blocks"]}})
+            }
+        }
+        "chat.update" => {
+            let ts = body["ts"].as_str().unwrap_or_default();
+            let mut msgs = lock(&s.messages);
+            match msgs.iter_mut().find(|m| m.channel == channel && m.ts == ts) {
+                Some(m) => {
+                    m.text = body["text"].as_str().unwrap_or_default().to_owned();
+                    m.blocks = body["blocks"].clone();
+                    m.updates += 1;
+                    json!({"ok": true, "channel": channel, "ts": ts, "text": m.text})
+                }
+                None => json!({"ok": false, "error": "message_not_found"}),
+            }
+        }
+        "views.open" => {
+            let mut views = lock(&s.views);
+            views.push(body["view"].clone());
+            let mut view = body["view"].clone();
+            view["id"] = json!(format!("V{}", views.len()));
+            json!({"ok": true, "view": view})
+        }
+        _ => json!({"ok": false, "error": "unknown_method"}),
+    };
+    axum::Json(answer).into_response()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+async fn page(State(s): State<Arc<Inner>>) -> Html<String> {
+    let mut html = String::from(
+        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=3><title>#approvals (Slack stand-in)</title><body style='font-family:sans-serif;max-width:50em;margin:auto'><h1>#approvals</h1>",
+    );
+    let msgs = lock(&s.messages).clone();
+    if msgs.is_empty() {
+        html.push_str(
+            "<p>No messages yet. Submit a request (see the terminal for a curl line).</p>",
+        );
+    }
+    for m in msgs.iter().rev() {
+        html.push_str(
+            "<div style='border:1px solid #ccc;border-radius:6px;padding:1em;margin:1em 0'>",
+        );
+        for b in m.blocks.as_array().into_iter().flatten() {
+            match b["type"].as_str() {
+                Some("header") => html.push_str(&format!(
+                    "<h3>{}</h3>",
+                    esc(b["text"]["text"].as_str().unwrap_or_default())
+                )),
+                Some("section") => {
+                    for f in b["fields"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .chain(std::iter::once(&b["text"]))
+                    {
+                        if let Some(t) = f["text"].as_str() {
+                            html.push_str(&format!(
+                                "<p style='white-space:pre-wrap'>{}</p>",
+                                esc(t)
+                            ));
+                        }
+                    }
+                }
+                Some("context") => html.push_str(&format!(
+                    "<small>{}</small>",
+                    esc(b["elements"][0]["text"].as_str().unwrap_or_default())
+                )),
+                Some("actions") => {
+                    for e in b["elements"].as_array().into_iter().flatten() {
+                        html.push_str(&format!(
+                            "<form method=post action=/click style='display:inline'><input type=hidden name=action_id value='{}'><input type=hidden name=value value='{}'><input name=user_id value='U_ADMIN' size=10> <button>{}</button></form> ",
+                            esc(e["action_id"].as_str().unwrap_or_default()), esc(e["value"].as_str().unwrap_or_default()), esc(e["text"]["text"].as_str().unwrap_or_default())));
+                    }
+                }
+                _ => {}
+            }
+        }
+        html.push_str("</div>");
+    }
+    Html(html)
+}
+
+#[derive(serde::Deserialize)]
+struct Click {
+    action_id: String,
+    value: String,
+    user_id: String,
+}
+
+async fn click(State(s): State<Arc<Inner>>, Form(c): Form<Click>) -> Response {
+    let target = lock(&s.target).clone();
+    if let Some(i) = target
+        && let Err(e) = i.click(&c.user_id, &c.action_id, &c.value, "").await
+    {
+        tracing::warn!(error = %e, "forwarding the click failed");
+    }
+    Redirect::to("/").into_response()
+}
+
+impl FakeSlack {
+    /// Starts on a free port, accepting `bot_token`, with `channels` existing.
+    pub async fn start(bot_token: &str, channels: &[&str]) -> Self {
+        Self::start_on(bot_token, channels, 0).await
+    }
+
+    /// Starts on `port` (0: any).
+    pub async fn start_on(bot_token: &str, channels: &[&str], port: u16) -> Self {
+        let inner = Arc::new(Inner {
+            token: bot_token.to_owned(),
+            channels: channels.iter().map(|c| (*c).to_owned()).collect(),
+            ..Default::default()
+        });
+        let method = |name: &'static str| {
+            post(
+                move |State(s): State<Arc<Inner>>,
+                      headers: HeaderMap,
+                      axum::Json(body): axum::Json<Value>| async move {
+                    api(&s, name, &headers, body).await
+                },
+            )
+        };
+        let router = axum::Router::new()
+            .route("/api/chat.postMessage", method("chat.postMessage"))
+            .route("/api/chat.update", method("chat.update"))
+            .route("/api/views.open", method("views.open"))
+            .route(
+                "/api/response_url",
+                post(
+                    |State(s): State<Arc<Inner>>, axum::Json(body): axum::Json<Value>| async move {
+                        lock(&s.responses).push(body);
+                        "ok"
+                    },
+                ),
+            )
+            .route("/", get(page))
+            .route("/click", post(click))
+            .with_state(inner.clone());
+        let served = super::serve(router, port)
+            .await
+            .unwrap_or_else(|e| panic!("Slack stand-in: {e}"));
+        Self { inner, served }
+    }
+
+    /// Web API base URL (`…/api`).
+    pub fn url(&self) -> String {
+        format!("http://{}/api", self.served.addr)
+    }
+
+    /// The channel page for people.
+    pub fn page_url(&self) -> String {
+        format!("http://{}/", self.served.addr)
+    }
+
+    /// A `response_url` to put in interactions.
+    pub fn response_url(&self) -> String {
+        format!("http://{}/api/response_url", self.served.addr)
+    }
+
+    /// Where the page's buttons send signed interactions.
+    pub fn set_interaction_target(&self, ingress_url: &str, signing_secret: &str) {
+        *lock(&self.inner.target) = Some(SlackInteractor::new(signing_secret, ingress_url));
+    }
+
+    /// Messages in the channel.
+    pub fn messages(&self) -> Vec<SlackMessage> {
+        lock(&self.inner.messages).clone()
+    }
+
+    /// Every API call (method, body), failed ones included.
+    pub fn calls(&self) -> Vec<(String, Value)> {
+        lock(&self.inner.calls).clone()
+    }
+
+    /// Opened modals.
+    pub fn views(&self) -> Vec<Value> {
+        lock(&self.inner.views).clone()
+    }
+
+    /// Bodies posted to the response URL.
+    pub fn responses(&self) -> Vec<Value> {
+        lock(&self.inner.responses).clone()
+    }
+
+    /// Fault injection.
+    pub fn faults(&self) -> &Faults {
+        &self.inner.faults
+    }
+}

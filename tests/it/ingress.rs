@@ -1,0 +1,505 @@
+//! The ingress against a real nats-server and the KBase stand-in.
+
+use serde_json::json;
+use tars_common::topology::EVENTS_STREAM;
+use tars_testkit::standin::interact::{block_actions_body, now};
+
+use crate::stack::*;
+
+#[tokio::test]
+async fn the_notebook_clients_exact_request_is_accepted_and_published() {
+    let s = Stack::start(Options::default()).await;
+    let resp = s
+        .http
+        .post(format!("{}/requests/", s.base))
+        .header("Authorization", format!("Bearer {USER_TOKEN}"))
+        .json(&json!({"tenant_name": "kbase", "permission": "read_only", "justification": "  need data  "}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    for field in [
+        "status",
+        "message",
+        "requester",
+        "tenant_name",
+        "permission",
+        "request_id",
+        "created_at",
+    ] {
+        assert!(body.get(field).is_some(), "missing {field}: {body}");
+    }
+    assert_eq!(body["status"], "pending");
+    assert_eq!(body["requester"], "alice");
+    let id = body["request_id"].as_str().unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains(id),
+        "the message names the id"
+    );
+    assert_eq!(
+        s.count_subject(&format!("tars.request.submitted.{id}"))
+            .await,
+        1
+    );
+
+    // A repeat returns the open request and publishes nothing.
+    let (status, again, _) = s
+        .post(
+            "/requests",
+            Some(USER_TOKEN),
+            json!({"tenant_name": "kbase"}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(again["request_id"], id);
+    assert_eq!(s.nats.stream_len(EVENTS_STREAM).await, 1);
+
+    // The requester sees it with its history; another user gets the same 404 as an unknown id.
+    let (status, rec) = s.get(&format!("/requests/{id}"), Some(USER_TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(rec["justification"], "need data");
+    assert_eq!(rec["history"][0]["type"], "request.submitted");
+    s.kbase.add_user("eve-token", "eve", &[]);
+    let (other, other_body) = s.get(&format!("/requests/{id}"), Some("eve-token")).await;
+    let (unknown, unknown_body) = s
+        .get(
+            "/requests/0190b3a4-0000-7000-8000-000000000000",
+            Some("eve-token"),
+        )
+        .await;
+    assert_eq!((other, unknown), (404, 404));
+    assert_eq!(other_body["error_type"], unknown_body["error_type"]);
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_submissions_make_one_request() {
+    let s = Stack::start(Options::default()).await;
+    let calls = (0..100).map(|_| {
+        s.post(
+            "/requests/",
+            Some(USER_TOKEN),
+            json!({"tenant_name": "shared", "permission": "read_write"}),
+        )
+    });
+    let answers = futures::future::join_all(calls).await;
+    let mut ids = std::collections::HashSet::new();
+    for (status, body, _) in &answers {
+        assert!(*status == 200 || *status == 202, "{status} {body}");
+        ids.insert(body["request_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(ids.len(), 1, "one request for 100 submissions");
+    assert_eq!(answers.iter().filter(|a| a.0 == 202).count(), 1);
+    let id = ids.into_iter().next().unwrap();
+    assert_eq!(
+        s.count_subject(&format!("tars.request.submitted.{id}"))
+            .await,
+        1
+    );
+    assert_eq!(
+        s.kbase.calls(),
+        1,
+        "a burst of one token costs one auth call"
+    );
+}
+
+#[tokio::test]
+async fn bad_bodies_get_json_errors_and_publish_nothing() {
+    let s = Stack::start(Options::default()).await;
+    let raw = |body: String| {
+        s.http
+            .post(format!("{}/requests", s.base))
+            .bearer_auth(USER_TOKEN)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let r = raw("{not json".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["error_type"],
+        "malformed_json"
+    );
+    let r = raw(r#"{"tenant_name":"kbase","colour":"red"}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(
+        r.json::<serde_json::Value>().await.unwrap()["message"]
+            .as_str()
+            .unwrap()
+            .contains("colour")
+    );
+    let r = raw(format!(
+        r#"{{"tenant_name":"kbase","justification":"{}"}}"#,
+        "x".repeat(70_000)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["error"], 413);
+    for bad in [
+        json!({"tenant_name": "Bad Name"}),
+        json!({"tenant_name": "kbase", "permission": "admin"}),
+        json!({"tenant_name": "kbase", "justification": "x".repeat(2001)}),
+    ] {
+        let (status, body, _) = s.post("/requests", Some(USER_TOKEN), bad).await;
+        assert_eq!(status, 422, "{body}");
+    }
+    assert_eq!(s.nats.stream_len(EVENTS_STREAM).await, 0);
+}
+
+#[tokio::test]
+async fn tokens_are_checked_and_never_echoed() {
+    let s = Stack::start(Options::default()).await;
+    let (status, body, _) = s
+        .post("/requests", None, json!({"tenant_name": "kbase"}))
+        .await;
+    assert_eq!(status, 401);
+    assert!(body["message"].as_str().unwrap().contains("Bearer"));
+    let r = s
+        .http
+        .post(format!("{}/requests", s.base))
+        .header("Authorization", "Basic c2VjcmV0LXRva2Vu")
+        .json(&json!({"tenant_name": "kbase"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(!r.text().await.unwrap().contains("c2VjcmV0LXRva2Vu"));
+    let (status, body, _) = s
+        .post(
+            "/requests",
+            Some("forged-token-123"),
+            json!({"tenant_name": "kbase"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert!(!body.to_string().contains("forged-token-123"));
+
+    // Auth down: 503 with Retry-After, not 500; and the outage is not cached.
+    s.kbase.add_user("fresh-token", "dave", &[]);
+    s.kbase.faults().fail_next(1, 503);
+    let (status, _, headers) = s
+        .post(
+            "/requests",
+            Some("fresh-token"),
+            json!({"tenant_name": "kbase"}),
+        )
+        .await;
+    assert_eq!(status, 503);
+    assert!(headers.get("retry-after").is_some());
+    let (status, _, _) = s
+        .post(
+            "/requests",
+            Some("fresh-token"),
+            json!({"tenant_name": "kbase"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+}
+
+#[tokio::test]
+async fn rate_and_open_limits_answer_429_with_retry_after() {
+    let s = Stack::start(Options {
+        submit_rate: 2,
+        max_open: 3,
+        ..Options::default()
+    })
+    .await;
+    s.submit("t1", "read_only").await;
+    s.submit("t2", "read_only").await;
+    let (status, body, headers) = s
+        .post("/requests", Some(USER_TOKEN), json!({"tenant_name": "t3"}))
+        .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error_type"], "rate_limited");
+    assert!(
+        headers
+            .get("retry-after")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    // A repeat of an open request is not limited.
+    let (status, _, _) = s
+        .post("/requests", Some(USER_TOKEN), json!({"tenant_name": "t1"}))
+        .await;
+    assert_eq!(status, 200);
+
+    let s = Stack::start(Options {
+        max_open: 2,
+        ..Options::default()
+    })
+    .await;
+    s.submit("t1", "read_only").await;
+    s.submit("t2", "read_only").await;
+    let (status, body, _) = s
+        .post("/requests", Some(USER_TOKEN), json!({"tenant_name": "t3"}))
+        .await;
+    assert_eq!(
+        (status, body["error_type"].as_str().unwrap()),
+        (429, "too_many_open_requests")
+    );
+}
+
+#[tokio::test]
+async fn admins_decide_over_rest_and_others_are_refused() {
+    let s = Stack::start(Options::default()).await;
+    let id = s.submit("kbase", "read_only").await;
+    let (status, _, _) = s
+        .post(
+            "/approvals/approve",
+            Some(USER_TOKEN),
+            json!({"request_id": id}),
+        )
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = s.get("/admin/dead-letters", Some(USER_TOKEN)).await;
+    assert_eq!(status, 403);
+    let (status, body, _) = s
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": "0190b3a4-0000-7000-8000-000000000000"}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+    // The older body shape resolves the open request.
+    let (status, body, _) = s
+        .post("/approvals/approve", Some(ADMIN_TOKEN), json!({"requester": "alice", "tenant_name": "kbase", "permission": "read_only", "channel_id": "C1", "message_ts": "1.2"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["request_id"], id.as_str());
+    assert_eq!(
+        s.count_subject(&format!("tars.decision.requested.{id}"))
+            .await,
+        1
+    );
+    let (status, body) = s.get("/admin/dead-letters", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["dead_letters"], json!([]));
+}
+
+#[tokio::test]
+async fn the_requester_cancels_once() {
+    let s = Stack::start(Options::default()).await;
+    let id = s.submit("kbase", "read_only").await;
+    let (status, _, _) = s
+        .post(
+            &format!("/requests/{id}/cancel"),
+            Some(USER_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, body, _) = s
+        .post(
+            &format!("/requests/{id}/cancel"),
+            Some(USER_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(s.status_of(&id).await, "cancelled");
+    // A new submission for the same tenant is a new request.
+    let again = s.submit("kbase", "read_only").await;
+    assert_ne!(again, id);
+    let (status, list) = s.get("/requests", Some(USER_TOKEN)).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["requests"].as_array().unwrap().len(), 2);
+    let (status, _) = s.get("/requests?requester=bob", Some(USER_TOKEN)).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn forged_stale_and_unsigned_slack_calls_are_rejected_and_publish_nothing() {
+    let s = Stack::start(Options::default()).await;
+    let id = s.submit("kbase", "read_only").await;
+    let body = block_actions_body(SLACK_APPROVER, "approve", &id, &s.slack.response_url());
+    let forged = tars_testkit::standin::interact::SlackInteractor::new("wrong-secret", &s.base);
+    assert_eq!(
+        forged
+            .send_signed(body.clone(), now(), None)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        s.interactor
+            .send_signed(body.clone(), now() - 301, None)
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let unsigned = s
+        .http
+        .post(format!("{}/slack/interact", s.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unsigned.status(), 401);
+    assert_eq!(
+        s.count_subject(&format!("tars.decision.requested.{id}"))
+            .await,
+        0
+    );
+
+    // The real click decides once, however often Slack retries or someone replays it.
+    assert_eq!(
+        s.interactor
+            .send_signed(body.clone(), now(), None)
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        s.interactor
+            .send_signed(body.clone(), now(), Some(1))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        s.interactor
+            .send_signed(body, now(), Some(2))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        s.count_subject(&format!("tars.decision.requested.{id}"))
+            .await,
+        1
+    );
+
+    // A Slack user who is not an approver changes nothing and is told why.
+    let r = s
+        .interactor
+        .click("U_STRANGER", "approve", &id, &s.slack.response_url())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        s.count_subject(&format!("tars.decision.requested.{id}"))
+            .await,
+        1
+    );
+    crate::support::eventually(crate::support::LONG, "the ephemeral answer", || async {
+        s.slack
+            .responses()
+            .iter()
+            .any(|r| r["text"].as_str().unwrap_or("").contains("not an approver"))
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn kbase_token_mode_opens_a_modal_and_checks_the_token() {
+    let s = Stack::start(Options {
+        kbase_token_mode: true,
+        ..Options::default()
+    })
+    .await;
+    let id = s.submit("kbase", "read_only").await;
+    let r = s
+        .interactor
+        .click("U_ANY", "approve", &id, &s.slack.response_url())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(s.slack.views().len(), 1, "views.open called");
+    assert_eq!(s.slack.views()[0]["callback_id"], "tars_kbase_token");
+
+    let r = s
+        .interactor
+        .submit_token_modal("U_ANY", &id, "approve", USER_TOKEN)
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["response_action"], "errors",
+        "a non-admin token is refused in the modal"
+    );
+    assert!(
+        body["errors"]["kbase_token"]
+            .as_str()
+            .unwrap()
+            .contains("no admin role"),
+        "{body}"
+    );
+    let r = s
+        .interactor
+        .submit_token_modal("U_ANY", &id, "approve", "nonsense")
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["response_action"],
+        "errors"
+    );
+    assert_eq!(
+        s.count_subject(&format!("tars.decision.requested.{id}"))
+            .await,
+        0
+    );
+
+    let r = s
+        .interactor
+        .submit_token_modal("U_ANY", &id, "approve", ADMIN_TOKEN)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        s.count_subject(&format!("tars.decision.requested.{id}"))
+            .await,
+        1
+    );
+    let mut events = s.nats.topology.js.get_stream(EVENTS_STREAM).await.unwrap();
+    let msg = events
+        .get_last_raw_message_by_subject(&format!("tars.decision.requested.{id}"))
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&msg.payload);
+    assert!(text.contains("\"by\":\"bob\""), "{text}");
+    assert!(!text.contains(ADMIN_TOKEN), "the token is never published");
+    let _ = events.info().await;
+}
+
+#[tokio::test]
+async fn probes_metrics_and_openapi_are_served() {
+    let s = Stack::start(Options::default()).await;
+    s.submit("kbase", "read_only").await;
+    assert_eq!(s.get("/readyz", None).await.0, 200);
+    assert_eq!(s.get("/livez", None).await.0, 200);
+    let (status, doc) = s.get("/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert!(doc["paths"]["/requests/"]["post"].is_object());
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(
+            "tars_http_requests_total{method=\"POST\",route=\"/requests/\",status=\"202\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tars_events_published_total{type=\"request.submitted\"} 1"));
+    assert!(metrics.contains("tars_external_requests_total{status=\"200\",target=\"kbase\"} 1"));
+}

@@ -1,0 +1,260 @@
+//! The whole of TARS in this process: a nats-server, the stand-ins, the ingress and
+//! (optionally) the three workers, each with its own metrics, on free ports.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tars_common::config::{CommonArgs, WorkerArgs};
+use tars_common::metrics::Metrics;
+use tars_testkit::standin::governance::FakeGovernance;
+use tars_testkit::standin::interact::SlackInteractor;
+use tars_testkit::standin::kbase::FakeKbase;
+use tars_testkit::standin::slack::FakeSlack;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::Nats;
+
+pub const USER_TOKEN: &str = "user-token-alice";
+pub const ADMIN_TOKEN: &str = "admin-token-bob";
+pub const ADMIN2_TOKEN: &str = "admin-token-carol";
+pub const SIGNING_SECRET: &str = "test-signing-secret";
+pub const BOT_TOKEN: &str = "xoxb-test";
+pub const CHANNEL: &str = "C_APPROVALS";
+pub const GOV_TOKEN: &str = "gov-token";
+/// The Slack user allowed to approve, mapped to the KBase admin `bob`.
+pub const SLACK_APPROVER: &str = "U_BOB";
+
+pub struct Options {
+    pub workers: bool,
+    pub submit_rate: u32,
+    pub max_open: usize,
+    pub kbase_token_mode: bool,
+    pub request_ttl: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            workers: false,
+            submit_rate: 1000,
+            max_open: 20,
+            kbase_token_mode: false,
+            request_ttl: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+pub struct Stack {
+    pub nats: Nats,
+    pub kbase: FakeKbase,
+    pub slack: FakeSlack,
+    pub governance: FakeGovernance,
+    pub base: String,
+    pub http: reqwest::Client,
+    pub interactor: SlackInteractor,
+    shutdown: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+pub fn common(url: &str) -> CommonArgs {
+    CommonArgs {
+        nats_url: url.to_owned(),
+        nats_creds: None,
+        nats_creds_file: None,
+        replicas: 1,
+        events_max_age: Duration::from_secs(86_400),
+        log_level: "warn".into(),
+        log_format: "text".into(),
+    }
+}
+
+pub fn worker_args() -> WorkerArgs {
+    WorkerArgs {
+        metrics_addr: ([127, 0, 0, 1], 0).into(),
+        concurrency: 16,
+        max_deliver: 5,
+    }
+}
+
+impl Stack {
+    pub async fn start(opts: Options) -> Self {
+        let nats = Nats::start().await;
+        let kbase = FakeKbase::start().await;
+        kbase.add_user(USER_TOKEN, "alice", &[]);
+        kbase.add_user(ADMIN_TOKEN, "bob", &["CDM_JUPYTERHUB_ADMIN"]);
+        kbase.add_user(ADMIN2_TOKEN, "carol", &["CDM_JUPYTERHUB_ADMIN"]);
+        let slack = FakeSlack::start(BOT_TOKEN, &[CHANNEL]).await;
+        let governance = FakeGovernance::start(GOV_TOKEN).await;
+        governance.allow_any_group(true);
+        let ingress_metrics = Metrics::new();
+        let args = tars_ingress::Args {
+            common: common(&nats.server.url()),
+            listen_addr: ([127, 0, 0, 1], 0).into(),
+            kbase_auth_url: kbase.url(),
+            kbase_admin_roles: "CDM_JUPYTERHUB_ADMIN".into(),
+            kbase_required_roles: String::new(),
+            kbase_cache_ttl: Duration::from_secs(300),
+            slack_signing_secret: Some(SIGNING_SECRET.into()),
+            slack_signing_secret_file: None,
+            slack_approval_mode: if opts.kbase_token_mode {
+                "kbase-token"
+            } else {
+                "allowlist"
+            }
+            .into(),
+            slack_approvers: format!("{SLACK_APPROVER}:bob"),
+            slack_bot_token: Some(BOT_TOKEN.into()),
+            slack_bot_token_file: None,
+            slack_api_url: slack.url(),
+            submit_rate_per_minute: opts.submit_rate,
+            max_open_requests_per_user: opts.max_open,
+            request_timeout: Duration::from_secs(10),
+        };
+        let app = tars_ingress::Application::build(args, ingress_metrics)
+            .await
+            .unwrap();
+        let base = format!("http://127.0.0.1:{}", app.port());
+        let shutdown = CancellationToken::new();
+        let mut tasks = vec![tokio::spawn({
+            let s = shutdown.clone();
+            async move { app.run_until_stopped(s).await.unwrap() }
+        })];
+        let mut stack = Self {
+            interactor: SlackInteractor::new(SIGNING_SECRET, &base),
+            nats,
+            kbase,
+            slack,
+            governance,
+            base,
+            http: reqwest::Client::new(),
+            shutdown,
+            tasks: Vec::new(),
+        };
+        if opts.workers {
+            stack.start_notifier();
+            stack.start_decision(opts.request_ttl);
+            tasks.push(stack.spawn_applier(stack.shutdown.clone()));
+        }
+        stack.tasks.extend(tasks);
+        stack
+    }
+
+    pub fn start_notifier(&mut self) {
+        let args = tars_notifier::Args {
+            common: common(&self.nats.server.url()),
+            worker: worker_args(),
+            slack_bot_token: Some(BOT_TOKEN.into()),
+            slack_bot_token_file: None,
+            slack_channel_id: Some(CHANNEL.into()),
+            slack_api_url: self.slack.url(),
+        };
+        let s = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            tars_notifier::run(args, Metrics::new(), s).await.unwrap()
+        }));
+    }
+
+    pub fn start_decision(&mut self, ttl: Duration) {
+        let args = tars_decision::Args {
+            common: common(&self.nats.server.url()),
+            worker: worker_args(),
+            request_ttl: ttl,
+            sweep_interval: Duration::from_millis(200),
+        };
+        let s = self.shutdown.clone();
+        self.tasks.push(tokio::spawn(async move {
+            tars_decision::run(args, Metrics::new(), s).await.unwrap()
+        }));
+    }
+
+    /// Starts a governance-applier that stops when `stop` fires.
+    pub fn spawn_applier(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let args = tars_governance_applier::Args {
+            common: common(&self.nats.server.url()),
+            worker: worker_args(),
+            governance_api_url: Some(self.governance.url()),
+            governance_token: Some(GOV_TOKEN.into()),
+            governance_token_file: None,
+        };
+        tokio::spawn(async move {
+            tars_governance_applier::run(args, Metrics::new(), stop)
+                .await
+                .unwrap()
+        })
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Value,
+    ) -> (u16, Value, reqwest::header::HeaderMap) {
+        let mut req = self.http.post(format!("{}{path}", self.base)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+            headers,
+        )
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Submits as the user; returns the request id.
+    pub async fn submit(&self, tenant: &str, permission: &str) -> String {
+        let (status, body, _) = self
+            .post("/requests/", Some(USER_TOKEN), serde_json::json!({"tenant_name": tenant, "permission": permission, "justification": "analysis"}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+        body["request_id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn status_of(&self, id: &str) -> String {
+        let (_, body) = self
+            .get(&format!("/requests/{id}"), Some(ADMIN_TOKEN))
+            .await;
+        body["status"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Messages in TARS_EVENTS on `subject`.
+    pub async fn count_subject(&self, subject: &str) -> u64 {
+        let s = self
+            .nats
+            .topology
+            .js
+            .get_stream(tars_common::topology::EVENTS_STREAM)
+            .await
+            .unwrap();
+        let info = s.info_with_subjects(subject).await.unwrap();
+        use futures::TryStreamExt;
+        let subjects: Vec<(String, usize)> = info.try_collect().await.unwrap();
+        subjects.iter().map(|(_, n)| *n as u64).sum()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
