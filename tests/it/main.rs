@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod ingress;
+mod pipeline;
 mod runtime;
 mod stack;
 mod support;

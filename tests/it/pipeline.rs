@@ -1,0 +1,255 @@
+//! The whole pipeline: ingress + notifier + decision + governance-applier, real nats-server,
+//! stand-ins for Slack, KBase and the governance API.
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::stack::*;
+use crate::support::eventually;
+
+const E2E: Duration = Duration::from_secs(60);
+
+async fn wait_status(s: &Stack, id: &str, want: &str) {
+    eventually(E2E, &format!("{id} to be {want}"), || async {
+        (s.status_of(id).await == want).then_some(())
+    })
+    .await;
+}
+
+fn message_for(s: &Stack, id: &str) -> Option<tars_testkit::standin::slack::SlackMessage> {
+    s.slack
+        .messages()
+        .into_iter()
+        .find(|m| m.blocks.to_string().contains(id))
+}
+
+async fn wait_message(
+    s: &Stack,
+    id: &str,
+    containing: &str,
+) -> tars_testkit::standin::slack::SlackMessage {
+    eventually(
+        E2E,
+        &format!("Slack message of {id} showing {containing:?}"),
+        || async { message_for(s, id).filter(|m| m.blocks.to_string().contains(containing)) },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn approved_in_slack_and_applied_for_both_permissions() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    for (permission, group) in [("read_only", "lakero"), ("read_write", "lake")] {
+        let id = s.submit("lake", permission).await;
+        wait_message(&s, &id, "\"approve\"").await;
+        let r = s
+            .interactor
+            .click(SLACK_APPROVER, "approve", &id, &s.slack.response_url())
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        wait_status(&s, &id, "applied").await;
+        assert_eq!(s.governance.members(group), vec!["alice"]);
+        let msg = wait_message(&s, &id, "access granted").await;
+        assert!(msg.blocks.to_string().contains("bob"), "shows who approved");
+        let (_, rec) = s.get(&format!("/requests/{id}"), Some(USER_TOKEN)).await;
+        let types: Vec<&str> = rec["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            types,
+            [
+                "request.submitted",
+                "decision.requested",
+                "request.approved",
+                "request.applied"
+            ]
+        );
+        assert_eq!(rec["decided_by"], "bob");
+        assert_eq!(rec["decision_source"], "slack");
+    }
+    assert_eq!(s.slack.messages().len(), 2, "one Slack post per request");
+    assert_eq!(s.governance.add_calls(), 2);
+}
+
+#[tokio::test]
+async fn denied_cancelled_and_expired_requests_are_never_applied() {
+    let s = Stack::start(Options {
+        workers: true,
+        request_ttl: Duration::from_secs(2),
+        ..Options::default()
+    })
+    .await;
+    let denied = s.submit("t-deny", "read_only").await;
+    let cancelled = s.submit("t-cancel", "read_only").await;
+    let (status, _, _) = s
+        .post(
+            "/approvals/deny",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": denied}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let (status, _, _) = s
+        .post(
+            &format!("/requests/{cancelled}/cancel"),
+            Some(USER_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    wait_status(&s, &denied, "denied").await;
+    wait_message(&s, &denied, "Denied by bob").await;
+    wait_message(&s, &cancelled, "Cancelled").await;
+    let expiring = s.submit("t-expire", "read_only").await;
+    wait_status(&s, &expiring, "expired").await;
+    wait_message(&s, &expiring, "Expired").await;
+    // Deciding a request that is no longer pending is refused and changes nothing.
+    let (status, body, _) = s
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": denied}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("already denied"));
+    assert_eq!(s.governance.calls().len(), 0);
+}
+
+#[tokio::test]
+async fn concurrent_approvals_from_slack_and_rest_apply_once() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    let id = s.submit("race", "read_write").await;
+    let response_url = s.slack.response_url();
+    let slack = s
+        .interactor
+        .click(SLACK_APPROVER, "approve", &id, &response_url);
+    let rest = s.post(
+        "/approvals/approve",
+        Some(ADMIN2_TOKEN),
+        json!({"request_id": id}),
+    );
+    let (slack, rest) = tokio::join!(slack, rest);
+    assert_eq!(slack.unwrap().status(), 200);
+    assert!(rest.0 == 202 || rest.0 == 409, "{:?}", rest.1);
+    wait_status(&s, &id, "applied").await;
+    // The losing decision is recorded in the audit trail, never applied.
+    if rest.0 == 202 {
+        eventually(E2E, "the losing decision recorded", || async {
+            (s.count_subject(&format!("tars.decision.rejected.{id}"))
+                .await
+                == 1)
+                .then_some(())
+        })
+        .await;
+    }
+    assert_eq!(s.governance.add_calls(), 1);
+    assert_eq!(
+        s.count_subject(&format!("tars.request.approved.{id}"))
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn governance_outages_are_retried_and_refusals_fail_then_replay() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    s.governance.faults().fail_next(3, 500);
+    let id = s.submit("flaky", "read_only").await;
+    let (status, _, _) = s
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": id}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_status(&s, &id, "applied").await;
+    assert_eq!(s.governance.add_calls(), 1);
+    assert_eq!(s.governance.calls().len(), 4, "three 500s, then the grant");
+
+    s.governance.faults().fail_next_with(
+        1,
+        400,
+        json!({"error_type": "ValidationError", "message": "tenant is frozen"}),
+    );
+    let id = s.submit("frozen", "read_only").await;
+    s.post(
+        "/approvals/approve",
+        Some(ADMIN_TOKEN),
+        json!({"request_id": id}),
+    )
+    .await;
+    wait_status(&s, &id, "failed").await;
+    wait_message(&s, &id, "tenant is frozen").await;
+    let dead = eventually(E2E, "one dead letter", || async {
+        let (_, body) = s.get("/admin/dead-letters", Some(ADMIN_TOKEN)).await;
+        let list = body["dead_letters"].as_array().cloned().unwrap_or_default();
+        (list.len() == 1).then_some(list[0].clone())
+    })
+    .await;
+    assert_eq!(dead["worker"], "governance-applier");
+    assert!(
+        dead["reason"]
+            .as_str()
+            .unwrap()
+            .contains("tenant is frozen")
+    );
+    let seq = dead["seq"].as_u64().unwrap();
+    let (status, _, _) = s
+        .post(
+            &format!("/admin/dead-letters/{seq}/replay"),
+            Some(ADMIN_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_status(&s, &id, "applied").await;
+    assert_eq!(s.governance.members("frozenro"), vec!["alice"]);
+    let (_, body) = s.get("/admin/dead-letters", Some(ADMIN_TOKEN)).await;
+    assert_eq!(body["dead_letters"], json!([]));
+}
+
+#[tokio::test]
+async fn slack_outages_and_rate_limits_still_give_exactly_one_message() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    s.slack.faults().rate_limit_next(1, 1);
+    s.slack.faults().fail_next(2, 500);
+    let id = s.submit("noisy", "read_only").await;
+    wait_message(&s, &id, "\"approve\"").await;
+    s.interactor
+        .click(SLACK_APPROVER, "approve", &id, &s.slack.response_url())
+        .await
+        .unwrap();
+    wait_status(&s, &id, "applied").await;
+    wait_message(&s, &id, "access granted").await;
+    assert_eq!(s.slack.messages().len(), 1);
+    let posts = s
+        .slack
+        .calls()
+        .iter()
+        .filter(|(m, _)| m == "chat.postMessage")
+        .count();
+    assert_eq!(posts, 4, "a 429, two 500s, then the post");
+}
