@@ -8,7 +8,7 @@ export NATS_SERVER_BIN
 
 ## run: the whole stack on this machine (nats-server, four services, Slack/KBase/governance stand-ins)
 run:
-	cargo run --release -p tars-dev --bin tars-dev
+	cargo run -p tars-dev --bin tars-dev
 
 ## test: every test, against a real nats-server started by the tests
 test:

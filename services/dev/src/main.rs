@@ -1,17 +1,31 @@
 //! `tars-dev`: the whole of TARS on one machine, for trying it out.
 //!
-//! Starts a nats-server (data in the git-ignored `.data/` folder), then every service
-//! in this one process, each with its own metrics port, and stops them all on Ctrl-C.
+//! Starts a nats-server (data in the git-ignored `.data/` folder), the stand-ins for
+//! KBase auth, Slack and the governance API, and the four services in this one process,
+//! prints where everything is, and stops it all on Ctrl-C.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use tars_common::config::{CommonArgs, WorkerArgs};
 use tars_common::metrics::Metrics;
+use tars_testkit::standin::{governance::FakeGovernance, kbase::FakeKbase, slack::FakeSlack};
+use tokio::task::JoinHandle;
+
+const USER_TOKEN: &str = "dev-user-token";
+const ADMIN_TOKEN: &str = "dev-admin-token";
+const SIGNING_SECRET: &str = "dev-signing-secret";
+const BOT_TOKEN: &str = "xoxb-dev";
+const CHANNEL: &str = "C_APPROVALS";
+const GOV_TOKEN: &str = "dev-governance-token";
 
 /// Where the local stack keeps its data and which ports it uses.
 #[derive(Debug, Parser)]
-#[command(name = "tars-dev", about = "Run all of TARS locally")]
+#[command(
+    name = "tars-dev",
+    about = "Run all of TARS locally with stand-ins for Slack, KBase and the governance API"
+)]
 struct Args {
     /// Folder for nats-server's store (git-ignored).
     #[arg(long, env = "TARS_DEV_DATA", default_value = ".data")]
@@ -19,6 +33,24 @@ struct Args {
     /// Port of the local nats-server.
     #[arg(long, env = "TARS_DEV_NATS_PORT", default_value_t = 4222)]
     nats_port: u16,
+    /// Port of the ingress.
+    #[arg(long, env = "TARS_DEV_PORT", default_value_t = 8000)]
+    port: u16,
+    /// First of three ports for the KBase, Slack and governance stand-ins.
+    #[arg(long, env = "TARS_DEV_STANDIN_PORT", default_value_t = 8101)]
+    standin_port: u16,
+}
+
+fn common(url: &str) -> CommonArgs {
+    CommonArgs {
+        nats_url: url.to_owned(),
+        nats_creds: None,
+        nats_creds_file: None,
+        replicas: 1,
+        events_max_age: Duration::from_secs(90 * 86_400),
+        log_level: "info".into(),
+        log_format: "text".into(),
+    }
 }
 
 fn worker_args(port: u16) -> WorkerArgs {
@@ -29,78 +61,116 @@ fn worker_args(port: u16) -> WorkerArgs {
     }
 }
 
-async fn async_run_decision(
-    args: tars_decision::Args,
-    metrics: Metrics,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> anyhow::Result<()> {
-    Ok(tars_decision::run(args, metrics, shutdown).await?)
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     tars_common::telemetry::init("info", "text");
-    let server =
-        tars_testkit::NatsServer::start_persistent(args.data.join("nats"), args.nats_port)?;
-    let common = CommonArgs {
-        nats_url: server.url(),
-        nats_creds: None,
-        nats_creds_file: None,
-        replicas: 1,
-        events_max_age: std::time::Duration::from_secs(90 * 86_400),
-        log_level: "info".into(),
-        log_format: "text".into(),
-    };
+    let data = std::path::absolute(&args.data)?;
+    let server = tars_testkit::NatsServer::start_persistent(data.join("nats"), args.nats_port)?;
+    let kbase = FakeKbase::start_on(args.standin_port).await;
+    kbase.add_user(USER_TOKEN, "alice", &[]);
+    kbase.add_user(ADMIN_TOKEN, "bob", &["CDM_JUPYTERHUB_ADMIN"]);
+    let slack = FakeSlack::start_on(BOT_TOKEN, &[CHANNEL], args.standin_port + 1).await;
+    let governance = FakeGovernance::start_on(GOV_TOKEN, args.standin_port + 2).await;
+    governance.allow_any_group(true);
+    let ingress_url = format!("http://127.0.0.1:{}", args.port);
+    slack.set_interaction_target(&ingress_url, SIGNING_SECRET);
+
     let shutdown = tars_common::shutdown::on_signal();
-    let notifier = tokio::spawn(tars_notifier::run(
-        tars_notifier::Args {
-            common: common.clone(),
-            worker: worker_args(9091),
-            slack_bot_token: Some("xoxb-dev".into()),
-            slack_bot_token_file: None,
-            slack_channel_id: Some("C_DEV".into()),
-            slack_api_url: "http://127.0.0.1:9/api".into(),
-        },
-        Metrics::new(),
-        shutdown.clone(),
-    ));
-    let decision = tokio::spawn(async_run_decision(
-        tars_decision::Args {
-            common: common.clone(),
-            worker: worker_args(9092),
-            request_ttl: std::time::Duration::from_secs(7 * 86_400),
-            sweep_interval: std::time::Duration::from_secs(30),
-        },
-        Metrics::new(),
-        shutdown.clone(),
-    ));
-    let applier = tokio::spawn(tars_governance_applier::run(
-        tars_governance_applier::Args {
-            common,
-            worker: worker_args(9093),
-            governance_api_url: Some("http://127.0.0.1:9".into()),
-            governance_token: Some("dev".into()),
-            governance_token_file: None,
-        },
-        Metrics::new(),
-        shutdown.clone(),
-    ));
-    println!("TARS is running. NATS: {}", server.url());
+    let url = server.url();
+    let ingress = tars_ingress::Args {
+        common: common(&url),
+        listen_addr: ([127, 0, 0, 1], args.port).into(),
+        kbase_auth_url: kbase.url(),
+        kbase_admin_roles: "CDM_JUPYTERHUB_ADMIN".into(),
+        kbase_required_roles: String::new(),
+        kbase_cache_ttl: Duration::from_secs(300),
+        slack_signing_secret: Some(SIGNING_SECRET.into()),
+        slack_signing_secret_file: None,
+        slack_approval_mode: "allowlist".into(),
+        slack_approvers: "U_ADMIN:bob".into(),
+        slack_bot_token: Some(BOT_TOKEN.into()),
+        slack_bot_token_file: None,
+        slack_api_url: slack.url(),
+        submit_rate_per_minute: 10,
+        max_open_requests_per_user: 20,
+        request_timeout: Duration::from_secs(15),
+    };
+    let notifier = tars_notifier::Args {
+        common: common(&url),
+        worker: worker_args(9091),
+        slack_bot_token: Some(BOT_TOKEN.into()),
+        slack_bot_token_file: None,
+        slack_channel_id: Some(CHANNEL.into()),
+        slack_api_url: slack.url(),
+    };
+    let decision = tars_decision::Args {
+        common: common(&url),
+        worker: worker_args(9092),
+        request_ttl: Duration::from_secs(7 * 86_400),
+        sweep_interval: Duration::from_secs(30),
+    };
+    let applier = tars_governance_applier::Args {
+        common: common(&url),
+        worker: worker_args(9093),
+        governance_api_url: Some(governance.url()),
+        governance_token: Some(GOV_TOKEN.into()),
+        governance_token_file: None,
+    };
+    let s = shutdown.clone();
+    let tasks: Vec<(&str, JoinHandle<anyhow::Result<()>>)> = vec![
+        (
+            "ingress",
+            tokio::spawn(tars_ingress::run(ingress, Metrics::new(), s.clone())),
+        ),
+        (
+            "notifier",
+            tokio::spawn(tars_notifier::run(notifier, Metrics::new(), s.clone())),
+        ),
+        (
+            "decision",
+            tokio::spawn(async move {
+                Ok(tars_decision::run(decision, Metrics::new(), s.clone()).await?)
+            }),
+        ),
+        (
+            "governance-applier",
+            tokio::spawn(tars_governance_applier::run(
+                applier,
+                Metrics::new(),
+                shutdown.clone(),
+            )),
+        ),
+    ];
+
     println!(
-        "Metrics: http://127.0.0.1:9091/metrics (notifier), :9092 (decision), :9093 (governance-applier)"
+        r#"
+TARS is running (Ctrl-C stops it).
+
+  ingress (REST API)     {ingress_url}        docs: {ingress_url}/openapi.json
+  Slack channel (click)  {slack_page}
+  NATS                   {url}   data in {data}
+  metrics                {ingress_url}/metrics, http://127.0.0.1:9091|9092|9093/metrics
+
+  user token   {USER_TOKEN}    (KBase user alice)
+  admin token  {ADMIN_TOKEN}   (KBase user bob, admin; Slack user U_ADMIN)
+
+Ask for access as alice:
+  curl -s -X POST {ingress_url}/requests/ -H 'Authorization: Bearer {USER_TOKEN}' \
+       -H 'Content-Type: application/json' \
+       -d '{{"tenant_name":"demo","permission":"read_only","justification":"trying TARS"}}'
+Then open the Slack channel page and click Approve (as U_ADMIN), and follow the request:
+  curl -s {ingress_url}/requests/<request_id> -H 'Authorization: Bearer {USER_TOKEN}'
+"#,
+        slack_page = slack.page_url(),
+        data = data.display(),
     );
-    println!("Press Ctrl-C to stop.");
-    for (name, task) in [
-        ("notifier", notifier),
-        ("decision", decision),
-        ("governance-applier", applier),
-    ] {
+    for (name, task) in tasks {
         match task.await {
             Ok(Ok(())) => tracing::info!("{name} stopped"),
             Ok(Err(e)) => {
                 shutdown.cancel();
-                tracing::error!("{name} failed: {e}");
+                tracing::error!("{name} failed: {e:#}");
             }
             Err(e) => tracing::error!("{name} panicked: {e}"),
         }
