@@ -253,3 +253,85 @@ async fn slack_outages_and_rate_limits_still_give_exactly_one_message() {
         .count();
     assert_eq!(posts, 4, "a 429, two 500s, then the post");
 }
+
+async fn all_applied(s: &Stack, ids: &[String]) {
+    eventually(E2E, "every request applied", || async {
+        for id in ids {
+            if s.status_of(id).await != "applied" {
+                return None;
+            }
+        }
+        Some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn stopping_the_applier_mid_run_loses_nothing_and_applies_nothing_twice() {
+    let mut s = Stack::start(Options::default()).await;
+    s.start_decision(Duration::from_secs(86_400));
+    s.governance.faults().set_latency(Duration::from_millis(40));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let first = s.spawn_applier(stop.clone(), tars_common::metrics::Metrics::new());
+    let ids = s.submit_and_approve_many(50).await;
+    eventually(E2E, "some grants", || async {
+        (s.governance.add_calls() >= 5).then_some(())
+    })
+    .await;
+    stop.cancel();
+    first.await.unwrap();
+    let done_before_restart = s.governance.add_calls();
+    assert!(
+        done_before_restart < 50,
+        "stopped mid-run ({done_before_restart} done)"
+    );
+    let _second = s.spawn_applier(s_shutdown(&s), tars_common::metrics::Metrics::new());
+    all_applied(&s, &ids).await;
+    let posts: Vec<_> = s
+        .governance
+        .calls()
+        .into_iter()
+        .filter(|c| c.method == "POST")
+        .collect();
+    assert_eq!(
+        posts.len(),
+        50,
+        "one governance call per request, none repeated"
+    );
+    assert!(posts.iter().all(|c| c.status == 200));
+}
+
+#[tokio::test]
+async fn two_applier_replicas_share_two_hundred_approvals() {
+    let mut s = Stack::start(Options::default()).await;
+    s.start_decision(Duration::from_secs(86_400));
+    s.governance.faults().set_latency(Duration::from_millis(5));
+    let (ma, mb) = (
+        tars_common::metrics::Metrics::new(),
+        tars_common::metrics::Metrics::new(),
+    );
+    let _a = s.spawn_applier(s_shutdown(&s), ma.clone());
+    let _b = s.spawn_applier(s_shutdown(&s), mb.clone());
+    let ids = s.submit_and_approve_many(200).await;
+    all_applied(&s, &ids).await;
+    let acks = |m: &tars_common::metrics::Metrics| {
+        m.worker_messages
+            .with_label_values(&["governance-applier", "ack"])
+            .get()
+    };
+    let (a, b) = (acks(&ma), acks(&mb));
+    assert!(a > 0 && b > 0, "both replicas worked: {a} and {b}");
+    assert_eq!(a + b, 200);
+    assert_eq!(
+        s.governance
+            .calls()
+            .iter()
+            .filter(|c| c.method == "POST")
+            .count(),
+        200
+    );
+}
+
+fn s_shutdown(s: &Stack) -> tokio_util::sync::CancellationToken {
+    s.shutdown_token()
+}

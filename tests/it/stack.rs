@@ -133,10 +133,15 @@ impl Stack {
         if opts.workers {
             stack.start_notifier();
             stack.start_decision(opts.request_ttl);
-            tasks.push(stack.spawn_applier(stack.shutdown.clone()));
+            tasks.push(stack.spawn_applier(stack.shutdown.clone(), Metrics::new()));
         }
         stack.tasks.extend(tasks);
         stack
+    }
+
+    /// The token that stops every service of this stack (fired on drop).
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
     }
 
     pub fn start_notifier(&mut self) {
@@ -168,7 +173,11 @@ impl Stack {
     }
 
     /// Starts a governance-applier that stops when `stop` fires.
-    pub fn spawn_applier(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_applier(
+        &self,
+        stop: CancellationToken,
+        metrics: Metrics,
+    ) -> tokio::task::JoinHandle<()> {
         let args = tars_governance_applier::Args {
             common: common(&self.nats.server.url()),
             worker: worker_args(),
@@ -177,7 +186,7 @@ impl Stack {
             governance_token_file: None,
         };
         tokio::spawn(async move {
-            tars_governance_applier::run(args, Metrics::new(), stop)
+            tars_governance_applier::run(args, metrics, stop)
                 .await
                 .unwrap()
         })
@@ -225,6 +234,40 @@ impl Stack {
             .await;
         assert_eq!(status, 202, "{body}");
         body["request_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Submits one request each for `n` distinct users and approves them all over REST;
+    /// returns the ids.
+    pub async fn submit_and_approve_many(&self, n: usize) -> Vec<String> {
+        let mut ids = Vec::new();
+        for chunk in (0..n).collect::<Vec<_>>().chunks(25) {
+            let calls = chunk.iter().map(|i| {
+                let token = format!("many-{i}");
+                self.kbase.add_user(&token, &format!("user{i}"), &[]);
+                async move {
+                    let (status, body, _) = self
+                        .post(
+                            "/requests",
+                            Some(&token),
+                            serde_json::json!({"tenant_name": format!("t{i}")}),
+                        )
+                        .await;
+                    assert_eq!(status, 202, "{body}");
+                    let id = body["request_id"].as_str().unwrap().to_owned();
+                    let (status, body, _) = self
+                        .post(
+                            "/approvals/approve",
+                            Some(ADMIN_TOKEN),
+                            serde_json::json!({"request_id": id}),
+                        )
+                        .await;
+                    assert_eq!(status, 202, "{body}");
+                    id
+                }
+            });
+            ids.extend(futures::future::join_all(calls).await);
+        }
+        ids
     }
 
     pub async fn status_of(&self, id: &str) -> String {
