@@ -30,6 +30,9 @@ pub async fn connect(
         .name(name)
         .max_reconnects(None)
         .connection_timeout(Duration::from_secs(5))
+        // Bounds how long a caller rides out a NATS outage before it gives up (the
+        // ingress then answers 503 with Retry-After; a worker naks and retries).
+        .request_timeout(Some(Duration::from_secs(5)))
         .retry_on_initial_connect()
         .event_callback(|event| async move {
             tracing::info!(%event, "NATS connection event");
@@ -40,10 +43,18 @@ pub async fn connect(
             .await
             .map_err(ConnectError::Creds)?;
     }
-    opts.connect(url).await.map_err(|e| ConnectError::Connect {
-        url: url.to_owned(),
-        message: e.to_string(),
-    })
+    // `NATS_URL` may list every node of a cluster, comma-separated.
+    let servers: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    opts.connect(servers)
+        .await
+        .map_err(|e| ConnectError::Connect {
+            url: url.to_owned(),
+            message: e.to_string(),
+        })
 }
 
 /// Whether the client is connected right now (for `/readyz`).

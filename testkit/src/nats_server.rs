@@ -91,40 +91,77 @@ pub struct NatsServer {
     owns_dir: bool,
 }
 
+/// How a server is configured.
+#[derive(Debug, Clone)]
+struct Setup {
+    /// Run JetStream at all.
+    jetstream: bool,
+    /// fsync every write (`sync_interval: always`), so a SIGKILL loses no acked write.
+    sync_always: bool,
+    /// More configuration (cluster blocks).
+    extra: String,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Self {
+            jetstream: true,
+            sync_always: true,
+            extra: String::new(),
+        }
+    }
+}
+
 impl NatsServer {
     /// Starts a single JetStream server on a free port with a temporary store.
     pub fn start() -> Result<Self, HarnessError> {
-        Self::start_in(temp_dir("tars-nats"), free_port(), true, "")
+        Self::start_in(temp_dir("tars-nats"), free_port(), true, Setup::default())
     }
 
     /// Starts a server without JetStream, to check the error TARS gives for one.
     pub fn start_without_jetstream() -> Result<Self, HarnessError> {
-        Self::start_in(temp_dir("tars-nats"), free_port(), true, "#no-js")
+        let setup = Setup {
+            jetstream: false,
+            ..Setup::default()
+        };
+        Self::start_in(temp_dir("tars-nats"), free_port(), true, setup)
+    }
+
+    /// Starts a server with nats-server's default sync interval instead of an fsync per
+    /// write: faster, but a SIGKILL may lose the last acknowledged writes. For benchmarks
+    /// that compare the two.
+    pub fn start_without_fsync() -> Result<Self, HarnessError> {
+        let setup = Setup {
+            sync_always: false,
+            ..Setup::default()
+        };
+        Self::start_in(temp_dir("tars-nats"), free_port(), true, setup)
     }
 
     /// Starts a server whose store lives in `dir` (kept after drop) on `port`.
     pub fn start_persistent(dir: PathBuf, port: u16) -> Result<Self, HarnessError> {
-        Self::start_in(dir, port, false, "")
+        Self::start_in(dir, port, false, Setup::default())
     }
 
     fn start_in(
         dir: PathBuf,
         port: u16,
         owns_dir: bool,
-        extra: &str,
+        setup: Setup,
     ) -> Result<Self, HarnessError> {
         std::fs::create_dir_all(dir.join("store"))
             .map_err(|e| err(format!("create {}: {e}", dir.display())))?;
         let config = dir.join("nats.conf");
         let store = dir.join("store");
-        let text = if extra == "#no-js" {
-            format!("listen: 127.0.0.1:{port}\n")
-        } else {
-            format!(
-                "listen: 127.0.0.1:{port}\n\
-                 jetstream {{\n  store_dir: {store:?}\n  sync_interval: always\n}}\n{extra}\n"
-            )
-        };
+        let mut text = format!("listen: 127.0.0.1:{port}\n{}\n", setup.extra);
+        if setup.jetstream {
+            let sync = if setup.sync_always {
+                "  sync_interval: always\n"
+            } else {
+                ""
+            };
+            text.push_str(&format!("jetstream {{\n  store_dir: {store:?}\n{sync}}}\n"));
+        }
         std::fs::write(&config, text).map_err(|e| err(format!("write config: {e}")))?;
         let mut server = Self {
             port,
@@ -255,11 +292,15 @@ impl NatsCluster {
                 "server_name: n{i}\ncluster {{\n  name: tars\n  listen: 127.0.0.1:{cport}\n  routes: [{}]\n}}\n",
                 routes.join(", ")
             );
+            let setup = Setup {
+                extra,
+                ..Setup::default()
+            };
             nodes.push(NatsServer::start_in(
                 temp_dir("tars-nats-cluster"),
                 free_port(),
                 true,
-                &extra,
+                setup,
             )?);
         }
         Ok(Self { nodes })

@@ -503,3 +503,37 @@ async fn probes_metrics_and_openapi_are_served() {
     assert!(metrics.contains("tars_events_published_total{type=\"request.submitted\"} 1"));
     assert!(metrics.contains("tars_external_requests_total{status=\"200\",target=\"kbase\"} 1"));
 }
+
+#[tokio::test]
+async fn a_nats_outage_answers_503_with_retry_after_and_then_recovers() {
+    let mut s = Stack::start(Options::default()).await;
+    s.submit("before", "read_only").await;
+    s.nats.server.stop();
+    let (status, body, headers) = s
+        .post(
+            "/requests",
+            Some(USER_TOKEN),
+            json!({"tenant_name": "during"}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(headers.get("retry-after").is_some());
+    assert_eq!(s.get("/readyz", None).await.0, 503);
+    s.nats.server.start_again().unwrap();
+    crate::support::eventually(
+        crate::support::LONG,
+        "submissions accepted again",
+        || async {
+            let (status, body, _) = s
+                .post(
+                    "/requests",
+                    Some(USER_TOKEN),
+                    json!({"tenant_name": "during"}),
+                )
+                .await;
+            (status == 202 || status == 200).then_some(body)
+        },
+    )
+    .await;
+    assert_eq!(s.get("/readyz", None).await.0, 200);
+}

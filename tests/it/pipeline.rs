@@ -112,7 +112,20 @@ async fn denied_cancelled_and_expired_requests_are_never_applied() {
     let expiring = s.submit("t-expire", "read_only").await;
     wait_status(&s, &expiring, "expired").await;
     wait_message(&s, &expiring, "Expired").await;
-    // Deciding a request that is no longer pending is refused and changes nothing.
+    // Deciding a request that is no longer pending is refused and changes nothing; a
+    // Slack clicker is told why.
+    s.interactor
+        .click(SLACK_APPROVER, "approve", &denied, &s.slack.response_url())
+        .await
+        .unwrap();
+    eventually(E2E, "the clicker told it is decided", || async {
+        s.slack
+            .responses()
+            .iter()
+            .any(|r| r["text"].as_str().unwrap_or("").contains("already denied"))
+            .then_some(())
+    })
+    .await;
     let (status, body, _) = s
         .post(
             "/approvals/approve",

@@ -72,3 +72,31 @@ async fn the_same_msg_id_twice_is_stored_once() {
     publisher.publish(&env, "other").await.unwrap();
     assert_eq!(nats.stream_len(EVENTS_STREAM).await, 2);
 }
+
+#[tokio::test]
+async fn a_three_node_cluster_takes_the_replicated_topology() {
+    let cluster = tars_testkit::NatsCluster::start().unwrap();
+    let client = tars_common::nats::connect(&cluster.url(), None, "cluster")
+        .await
+        .unwrap();
+    let cfg = TopologyConfig {
+        replicas: 3,
+        ..TopologyConfig::default()
+    };
+    // JetStream elects its meta leader a moment after the nodes start.
+    let topo = crate::support::eventually(
+        std::time::Duration::from_secs(60),
+        "a replicated topology",
+        || async { topology::ensure(&client, &cfg).await.ok() },
+    )
+    .await;
+    let mut events = topo.js.get_stream(EVENTS_STREAM).await.unwrap();
+    let info = events.info().await.unwrap();
+    assert_eq!(info.config.num_replicas, 3);
+    let publisher = tars_common::events::EventPublisher::new(
+        topo.js.clone(),
+        tars_common::metrics::Metrics::new(),
+    );
+    publisher.publish_transition(&submitted(7)).await.unwrap();
+    assert_eq!(events.info().await.unwrap().state.messages, 1);
+}

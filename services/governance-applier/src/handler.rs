@@ -46,11 +46,9 @@ impl Worker {
         let (changed, _) = self
             .store
             .modify(id, |r| {
-                if !matches!(r.status, RequestStatus::Approved | RequestStatus::Failed)
-                    || r.status == status
-                        && status == RequestStatus::Failed
-                        && r.failure_reason == reason
-                {
+                let open = matches!(r.status, RequestStatus::Approved | RequestStatus::Failed);
+                let unchanged = r.status == status && r.failure_reason == reason;
+                if !open || unchanged {
                     return Change::Keep(false);
                 }
                 r.status = status;

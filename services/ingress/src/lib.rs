@@ -40,7 +40,6 @@ use tars_common::slack::SlackClient;
 use tars_common::store::RequestStore;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::ratelimit::RateLimiter;
@@ -280,6 +279,16 @@ async fn track(State(metrics): State<Metrics>, req: Request, next: Next) -> Resp
     resp
 }
 
+/// Answers 503 with the JSON error body and `Retry-After` when a request takes longer than
+/// `REQUEST_TIMEOUT` (a NATS or KBase outage that outlasts the bounded waits).
+async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => error::ApiError::unavailable("the request took too long; try again shortly")
+            .into_response(),
+    }
+}
+
 async fn not_found() -> error::ApiError {
     error::ApiError::not_found("route")
 }
@@ -327,10 +336,7 @@ fn router(state: AppState, timeout: Duration) -> Router {
         )
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(metrics, track))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            timeout,
-        ))
+        .layer(middleware::from_fn_with_state(timeout, deadline))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(TraceLayer::new_for_http())
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))

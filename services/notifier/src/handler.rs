@@ -59,7 +59,7 @@ impl Worker {
             store: RequestStore::new(conn.topology.requests.clone()),
             slack,
             channel,
-            me: uuid_like(),
+            me: replica_id(),
         }
     }
 
@@ -152,7 +152,8 @@ impl Worker {
     }
 }
 
-fn uuid_like() -> String {
+/// Tells this process's posting claims apart from other replicas'.
+fn replica_id() -> String {
     format!(
         "notifier-{}-{}",
         std::process::id(),

@@ -20,6 +20,8 @@ pub struct GovCall {
     pub path: String,
     /// What it answered.
     pub status: u16,
+    /// When it arrived (for latency measurements).
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -43,6 +45,7 @@ async fn member(
     headers: HeaderMap,
     Path((group, user)): Path<(String, String)>,
 ) -> Response {
+    let at = std::time::Instant::now();
     let resp = answer(&s, &method, &headers, &group, &user).await;
     s.calls
         .lock()
@@ -51,6 +54,7 @@ async fn member(
             method: method.to_string(),
             path: format!("/management/groups/{group}/members/{user}"),
             status: resp.status().as_u16(),
+            at,
         });
     resp
 }

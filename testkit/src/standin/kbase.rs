@@ -17,6 +17,8 @@ struct Inner {
     users: Mutex<HashMap<String, (String, Vec<String>)>>,
     calls: AtomicUsize,
     faults: Faults,
+    /// Tokens starting with this belong to a user named after the token (benchmarks).
+    any_with_prefix: Mutex<Option<String>>,
 }
 
 /// The KBase auth stand-in.
@@ -46,12 +48,21 @@ async fn me(State(s): State<Arc<Inner>>, headers: HeaderMap) -> Response {
         )
             .into_response();
     };
-    let user = s
+    let mut user = s
         .users
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .get(token)
         .cloned();
+    let prefix = s
+        .any_with_prefix
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if user.is_none() && prefix.is_some_and(|p| token.starts_with(&p)) {
+        let name = token.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
+        user = Some((name, Vec::new()));
+    }
     match user {
         Some((name, roles)) => axum::Json(json!({
             "user": name, "display": name, "email": format!("{name}@example.org"),
@@ -99,6 +110,16 @@ impl FakeKbase {
                     roles.iter().map(|r| (*r).to_owned()).collect(),
                 ),
             );
+    }
+
+    /// Accepts every token starting with `prefix` as a user named after the token, so a
+    /// benchmark can use a distinct user per request.
+    pub fn accept_any_with_prefix(&self, prefix: &str) {
+        *self
+            .inner
+            .any_with_prefix
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(prefix.to_owned());
     }
 
     /// How many `/api/V2/me` calls arrived.

@@ -26,6 +26,8 @@ pub struct SlackMessage {
     pub blocks: Value,
     /// How many times `chat.update` changed it.
     pub updates: usize,
+    /// When it was posted (for latency measurements).
+    pub posted_at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -81,6 +83,7 @@ async fn api(s: &Inner, method: &str, headers: &HeaderMap, body: Value) -> Respo
                     text: body["text"].as_str().unwrap_or_default().to_owned(),
                     blocks: body["blocks"].clone(),
                     updates: 0,
+                    posted_at: std::time::Instant::now(),
                 });
                 json!({"ok": true, "channel": channel, "ts": ts, "message": {"text": body["text"], "blocks": body["blocks"]}})
             }

@@ -193,6 +193,10 @@ async fn click(
                 );
                 return Ok(StatusCode::OK.into_response());
             };
+            if let Some(why) = refusal(st, &id, kbase_user).await? {
+                tell(st, response_url, why);
+                return Ok(StatusCode::OK.into_response());
+            }
             let kind = format!("{decision:?}");
             let key = msg_id(&[
                 &slack_user,
@@ -253,6 +257,26 @@ async fn click(
             Ok(StatusCode::OK.into_response())
         }
     }
+}
+
+/// Why a click cannot decide `id` (decided already, or the approver's own request), to
+/// tell the clicker at once; the decision worker enforces the same rules authoritatively.
+async fn refusal(st: &AppState, id: &RequestId, by: &Username) -> Result<Option<String>, ApiError> {
+    let Some(rec) = st.store.get(id).await? else {
+        return Ok(Some(format!("Request {id} does not exist.")));
+    };
+    let rec = rec.value;
+    if rec.requester == *by {
+        return Ok(Some("You may not decide your own request.".into()));
+    }
+    if rec.status != tars_common::domain::RequestStatus::Pending {
+        let who = rec.decided_by.as_deref().unwrap_or("TARS");
+        return Ok(Some(format!(
+            "Request {id} is already {} (by {who}); your click changed nothing.",
+            rec.status
+        )));
+    }
+    Ok(None)
 }
 
 fn modal_error(text: &str) -> Response {

@@ -1,0 +1,577 @@
+//! `tars-bench`: throughput and latency of TARS on this machine, each next to the raw
+//! JetStream operation it is built on, measured in the same run.
+//!
+//! ```text
+//! cargo run --release -p tars-tests --bin tars-bench -- [worker|ingress|e2e|all]
+//! ```
+//!
+//! Every submission is a new request from a distinct user for a distinct tenant, so no
+//! benchmark number comes from a dedupe hit or a 429; non-2xx answers are counted and
+//! printed beside each rate.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tars_common::config::{CommonArgs, WorkerArgs};
+use tars_common::domain::{RequestId, TenantName, Username};
+use tars_common::events::{Envelope, Event};
+use tars_common::metrics::Metrics;
+use tars_common::topology::{self, NOTIFIER, TopologyConfig};
+use tars_common::worker::{self, Delivery, Handler, Outcome, WorkerConfig};
+use tars_testkit::NatsServer;
+use tars_testkit::standin::{governance::FakeGovernance, kbase::FakeKbase, slack::FakeSlack};
+use tokio_util::sync::CancellationToken;
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn common(url: &str) -> CommonArgs {
+    CommonArgs {
+        nats_url: url.to_owned(),
+        nats_creds: None,
+        nats_creds_file: None,
+        replicas: 1,
+        events_max_age: Duration::from_secs(86_400),
+        log_level: "error".into(),
+        log_format: "text".into(),
+    }
+}
+
+async fn publish_events(js: &async_nats::jetstream::Context, n: usize) {
+    let mut acks = Vec::with_capacity(1024);
+    for i in 0..n {
+        let user = Username::parse(&format!("u{i}")).unwrap();
+        let env = Envelope::new(
+            RequestId::new(),
+            user.to_string(),
+            Event::RequestSubmitted {
+                requester: user,
+                tenant_name: TenantName::parse(&format!("t{i}")).unwrap(),
+                permission: Default::default(),
+            },
+        );
+        acks.push(
+            js.publish(env.subject(), serde_json::to_vec(&env).unwrap().into())
+                .await
+                .unwrap(),
+        );
+        if acks.len() == 1024 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+struct Count(Arc<AtomicU64>);
+
+impl Handler for Count {
+    async fn handle(&self, _d: Delivery) -> Outcome {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Outcome::Ack
+    }
+}
+
+async fn bench_worker() {
+    const N: usize = 20_000;
+    let server = NatsServer::start().unwrap();
+    let client = tars_common::nats::connect(&server.url(), None, "bench")
+        .await
+        .unwrap();
+    let topo = topology::ensure(&client, &TopologyConfig::default())
+        .await
+        .unwrap();
+    publish_events(&topo.js, N).await;
+
+    // Raw: one durable pull consumer, batches of 256, ack each message.
+    let raw: async_nats::jetstream::consumer::PullConsumer = topo
+        .events
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            durable_name: Some("bench-raw".into()),
+            filter_subject: "tars.request.>".into(),
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut done = 0;
+    while done < N {
+        let mut batch = raw
+            .batch()
+            .max_messages(256)
+            .expires(Duration::from_secs(1))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(m) = batch.next().await {
+            m.unwrap().ack().await.unwrap();
+            done += 1;
+        }
+    }
+    let raw_rate = N as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "worker: raw JetStream pull(256)+ack            {raw_rate:>9.0} msg/s  ({N} messages)"
+    );
+
+    for concurrency in [16, 64] {
+        // A fresh consumer per run: same stream, same messages.
+        let name = format!("bench-rt-{concurrency}");
+        topo.events
+            .create_consumer(async_nats::jetstream::consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: "tars.request.>".into(),
+                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+                max_deliver: -1,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let kind = tars_common::topology::WorkerKind {
+            name: Box::leak(name.into_boxed_str()),
+            filter: NOTIFIER.filter,
+        };
+        let count = Arc::new(AtomicU64::new(0));
+        let stop = CancellationToken::new();
+        let cfg = WorkerConfig {
+            concurrency,
+            ..WorkerConfig::default()
+        };
+        let start = Instant::now();
+        let task = tokio::spawn(worker::run(
+            kind,
+            topo.clone(),
+            Count(count.clone()),
+            cfg,
+            Metrics::new(),
+            stop.clone(),
+        ));
+        while count.load(Ordering::Relaxed) < N as u64 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let rate = N as f64 / start.elapsed().as_secs_f64();
+        stop.cancel();
+        task.await.unwrap().unwrap();
+        println!(
+            "worker: runtime, no-op handler, concurrency {concurrency:<3}{rate:>9.0} msg/s  ({:.0}% of raw)",
+            rate / raw_rate * 100.0
+        );
+    }
+}
+
+async fn raw_kv_create(kv: &async_nats::jetstream::kv::Store, secs: u64) -> (f64, Vec<Duration>) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..32)
+        .map(|t| {
+            let kv = kv.clone();
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut i = 0u64;
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    kv.create(format!("bench.{t}.{i}"), "x".into())
+                        .await
+                        .unwrap();
+                    lat.push(t0.elapsed());
+                    i += 1;
+                }
+                lat
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let rate = all.len() as f64 / start.elapsed().as_secs_f64();
+    all.sort();
+    (rate, all)
+}
+
+struct Stack {
+    _server: NatsServer,
+    kbase: FakeKbase,
+    slack: FakeSlack,
+    governance: FakeGovernance,
+    base: String,
+    stop: CancellationToken,
+}
+
+async fn stack(workers: bool, fsync: bool) -> Stack {
+    let server = if fsync {
+        NatsServer::start()
+    } else {
+        NatsServer::start_without_fsync()
+    }
+    .unwrap();
+    let kbase = FakeKbase::start().await;
+    kbase.accept_any_with_prefix("bench-");
+    kbase.add_user("bench-admin", "benchadmin", &["CDM_JUPYTERHUB_ADMIN"]);
+    let slack = FakeSlack::start("xoxb-bench", &["C1"]).await;
+    let governance = FakeGovernance::start("gov").await;
+    governance.allow_any_group(true);
+    let stop = CancellationToken::new();
+    let args = tars_ingress::Args {
+        common: common(&server.url()),
+        listen_addr: ([127, 0, 0, 1], 0).into(),
+        kbase_auth_url: kbase.url(),
+        kbase_admin_roles: "CDM_JUPYTERHUB_ADMIN".into(),
+        kbase_required_roles: String::new(),
+        kbase_cache_ttl: Duration::from_secs(600),
+        slack_signing_secret: Some("s".into()),
+        slack_signing_secret_file: None,
+        slack_approval_mode: "allowlist".into(),
+        slack_approvers: "U1:benchadmin".into(),
+        slack_bot_token: Some("xoxb-bench".into()),
+        slack_bot_token_file: None,
+        slack_api_url: slack.url(),
+        submit_rate_per_minute: 10,
+        max_open_requests_per_user: 20,
+        request_timeout: Duration::from_secs(15),
+    };
+    let app = tars_ingress::Application::build(args, Metrics::new())
+        .await
+        .unwrap();
+    let base = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(stop.clone()));
+    if workers {
+        let worker = WorkerArgs {
+            metrics_addr: ([127, 0, 0, 1], 0).into(),
+            concurrency: 32,
+            max_deliver: 10,
+        };
+        let url = server.url();
+        tokio::spawn(tars_notifier::run(
+            tars_notifier::Args {
+                common: common(&url),
+                worker: worker.clone(),
+                slack_bot_token: Some("xoxb-bench".into()),
+                slack_bot_token_file: None,
+                slack_channel_id: Some("C1".into()),
+                slack_api_url: slack.url(),
+            },
+            Metrics::new(),
+            stop.clone(),
+        ));
+        tokio::spawn(tars_decision::run(
+            tars_decision::Args {
+                common: common(&url),
+                worker: worker.clone(),
+                request_ttl: Duration::from_secs(86_400),
+                sweep_interval: Duration::from_secs(30),
+            },
+            Metrics::new(),
+            stop.clone(),
+        ));
+        tokio::spawn(tars_governance_applier::run(
+            tars_governance_applier::Args {
+                common: common(&url),
+                worker,
+                governance_api_url: Some(governance.url()),
+                governance_token: Some("gov".into()),
+                governance_token_file: None,
+            },
+            Metrics::new(),
+            stop.clone(),
+        ));
+    }
+    Stack {
+        _server: server,
+        kbase,
+        slack,
+        governance,
+        base,
+        stop,
+    }
+}
+
+const WRK_SCRIPT: &str = r#"
+local counter = 0
+local id = 0
+function setup(thread)
+  thread:set("id", _G.next_id or 1)
+  _G.next_id = (_G.next_id or 1) + 1
+end
+function init(args)
+  id = tonumber(wrk.thread:get("id")) or 0
+end
+function request()
+  counter = counter + 1
+  local tok = "bench-" .. id .. "-" .. counter
+  local body = os.getenv("TARS_BENCH_BODY") == "invalid" and '{"tenant_name":"!"}'
+    or ('{"tenant_name":"t' .. id .. "-" .. counter .. '","permission":"read_only"}')
+  return wrk.format("POST", "/requests/", {["Authorization"] = "Bearer " .. tok, ["Content-Type"] = "application/json"}, body)
+end
+"#;
+
+async fn bench_ingress(fsync: bool) {
+    let s = stack(false, fsync).await;
+    println!(
+        "ingress: nats-server with {}",
+        if fsync {
+            "sync_interval: always (fsync per write)"
+        } else {
+            "the default sync interval"
+        }
+    );
+    let script = std::env::temp_dir().join(format!("tars-bench-{}.lua", std::process::id()));
+    std::fs::write(&script, WRK_SCRIPT).unwrap();
+    let wrk = |secs: u32, invalid: bool| {
+        let out = std::process::Command::new("wrk")
+            .args(["-t2", "-c32", &format!("-d{secs}s"), "--latency", "-s"])
+            .arg(&script)
+            .arg(format!("{}/requests/", s.base))
+            .env("TARS_BENCH_BODY", if invalid { "invalid" } else { "valid" })
+            .output();
+        match out {
+            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+            Err(e) => format!("wrk not available ({e}); install it with `apt-get install wrk`"),
+        }
+    };
+    // Warm the auth cache: the same token sequence, with a body that fails validation after
+    // authentication (422), so the cache holds every token the measured run will use.
+    let warm = wrk(12, true);
+    let auth_calls = s.kbase.calls();
+    let run = wrk(10, false);
+    println!("ingress: warm-up made {auth_calls} auth calls");
+    let field = |text: &str, key: &str| -> String {
+        text.lines()
+            .find(|l| l.trim_start().starts_with(key))
+            .map(|l| l.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let _ = warm;
+    println!("ingress: POST /requests/, 32 connections, 10 s (wrk, new user + tenant per request)");
+    for key in [
+        "Requests/sec",
+        "50%",
+        "90%",
+        "99%",
+        "Non-2xx",
+        "Socket errors",
+    ] {
+        let line = field(&run, key);
+        if !line.is_empty() {
+            println!("  {line}");
+        }
+    }
+    if field(&run, "Non-2xx").is_empty() {
+        println!("  Non-2xx or 3xx responses: 0");
+    }
+    let after_auth = s.kbase.calls() - auth_calls;
+    println!("  auth calls during the measured run: {after_auth} (cache misses)");
+    let js = async_nats::jetstream::new(async_nats::connect(s._server.url()).await.unwrap());
+    let kv = js.get_key_value(topology::REQUESTS_BUCKET).await.unwrap();
+    let (rate, lat) = raw_kv_create(&kv, 5).await;
+    println!(
+        "raw JetStream KV create, 32 concurrent, 5 s:  {rate:.0} ops/s  p50 {}  p99 {}",
+        ms(pct(&lat, 0.5)),
+        ms(pct(&lat, 0.99))
+    );
+    s.stop.cancel();
+    let _ = std::fs::remove_file(script);
+}
+
+async fn bench_e2e(fsync: bool) {
+    let s = stack(true, fsync).await;
+    println!(
+        "e2e: nats-server with {}",
+        if fsync {
+            "sync_interval: always (fsync per write)"
+        } else {
+            "the default sync interval"
+        }
+    );
+    let http = reqwest::Client::new();
+    let submit = |i: usize| {
+        let http = http.clone();
+        let base = s.base.clone();
+        async move {
+            let r = http
+                .post(format!("{base}/requests/"))
+                .bearer_auth(format!("bench-e2e-{i}"))
+                .json(&serde_json::json!({"tenant_name": format!("e2e{i}")}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            (
+                status,
+                body["request_id"].as_str().unwrap_or_default().to_owned(),
+            )
+        }
+    };
+    // Latency, one request at a time.
+    let mut to_slack = Vec::new();
+    let mut to_applied = Vec::new();
+    let mut non2xx = 0;
+    for i in 0..100 {
+        let t0 = Instant::now();
+        let (status, id) = submit(i).await;
+        if status != 202 {
+            non2xx += 1;
+            continue;
+        }
+        let posted = loop {
+            if let Some(m) = s
+                .slack
+                .messages()
+                .into_iter()
+                .find(|m| m.blocks.to_string().contains(&id))
+            {
+                break m.posted_at;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        to_slack.push(posted - t0);
+        let t1 = Instant::now();
+        let r = http
+            .post(format!("{}/approvals/approve", s.base))
+            .bearer_auth("bench-admin")
+            .json(&serde_json::json!({"request_id": id}))
+            .send()
+            .await
+            .unwrap();
+        if r.status() != 202 {
+            non2xx += 1;
+            continue;
+        }
+        let group = format!("e2e{i}ro");
+        let applied = loop {
+            if let Some(c) = s
+                .governance
+                .calls()
+                .into_iter()
+                .find(|c| c.path.contains(&format!("/groups/{group}/")) && c.status == 200)
+            {
+                break c.at;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        };
+        to_applied.push(applied - t1);
+    }
+    to_slack.sort();
+    to_applied.sort();
+    println!(
+        "e2e: submit → Slack message posted   p50 {}  p99 {}  (100 requests, {non2xx} non-2xx)",
+        ms(pct(&to_slack, 0.5)),
+        ms(pct(&to_slack, 0.99))
+    );
+    println!(
+        "e2e: approve → governance call made  p50 {}  p99 {}",
+        ms(pct(&to_applied, 0.5)),
+        ms(pct(&to_applied, 0.99))
+    );
+
+    // Sustained lifecycles: 32 clients submit and approve as fast as they can.
+    const M: usize = 2_000;
+    let before = s.governance.add_calls();
+    let next = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (http, base, next, failures) =
+                (http.clone(), s.base.clone(), next.clone(), failures.clone());
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    if i >= M {
+                        return;
+                    }
+                    let r = http
+                        .post(format!("{base}/requests/"))
+                        .bearer_auth(format!("bench-life-{i}"))
+                        .json(&serde_json::json!({"tenant_name": format!("life{i}")}))
+                        .send()
+                        .await
+                        .unwrap();
+                    if r.status() != 202 {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let body: serde_json::Value = r.json().await.unwrap();
+                    let r = http
+                        .post(format!("{base}/approvals/approve"))
+                        .bearer_auth("bench-admin")
+                        .json(&serde_json::json!({"request_id": body["request_id"]}))
+                        .send()
+                        .await
+                        .unwrap();
+                    if r.status() != 202 {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    let submitted_in = start.elapsed();
+    let want = before + M - failures.load(Ordering::Relaxed) as usize;
+    while s.governance.add_calls() < want {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let all_applied = start.elapsed();
+    // Slack updates trail the grants; wait for them so the notifier's work is counted too.
+    let slack_done = loop {
+        let updated = s
+            .slack
+            .messages()
+            .iter()
+            .filter(|m| m.blocks.to_string().contains("access granted"))
+            .count();
+        if updated >= want || start.elapsed() > all_applied + Duration::from_secs(60) {
+            break start.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    println!(
+        "e2e: {M} lifecycles (submit, approve, apply, Slack post + updates): {:.0}/s to applied, {:.0}/s including Slack updates; submissions took {:.1} s; {} non-2xx",
+        M as f64 / all_applied.as_secs_f64(),
+        M as f64 / slack_done.as_secs_f64(),
+        submitted_in.as_secs_f64(),
+        failures.load(Ordering::Relaxed)
+    );
+    s.stop.cancel();
+}
+
+#[tokio::main]
+async fn main() {
+    let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    println!(
+        "tars-bench on {} cores",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    if which == "worker" || which == "all" {
+        bench_worker().await;
+    }
+    for fsync in [true, false] {
+        if which == "ingress" || which == "all" {
+            bench_ingress(fsync).await;
+        }
+        if which == "e2e" || which == "all" {
+            bench_e2e(fsync).await;
+        }
+    }
+}
