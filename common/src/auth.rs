@@ -152,8 +152,7 @@ impl KBaseAuth {
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
-                let kind = if e.is_timeout() { "timeout" } else { "error" };
-                self.metrics.external("kbase", kind);
+                let kind = self.metrics.transport_failure("kbase", &e);
                 return Err(AuthError::Unavailable(kind.to_owned()));
             }
         };

@@ -57,6 +57,20 @@ pub struct CommonArgs {
 }
 
 impl CommonArgs {
+    /// The defaults for a process configured from code rather than the environment
+    /// (`tars-dev`, tests, benchmarks).
+    pub fn for_url(url: &str) -> Self {
+        Self {
+            nats_url: url.to_owned(),
+            nats_creds: None,
+            nats_creds_file: None,
+            replicas: 1,
+            events_max_age: Duration::from_secs(90 * 86_400),
+            log_level: "info".into(),
+            log_format: "text".into(),
+        }
+    }
+
     /// The topology these settings ask for.
     pub fn topology(&self) -> TopologyConfig {
         TopologyConfig {
@@ -76,6 +90,41 @@ impl CommonArgs {
     /// Installs logging as configured.
     pub fn init_logging(&self) {
         crate::telemetry::init(&self.log_level, &self.log_format);
+    }
+}
+
+/// The Slack bot settings, shared by the ingress (token modal, replies to clickers) and
+/// the notifier (messages).
+#[derive(Debug, Clone, clap::Args)]
+pub struct SlackBotArgs {
+    /// Slack bot token (or SLACK_BOT_TOKEN_FILE).
+    #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
+    pub slack_bot_token: Option<String>,
+    /// File holding the Slack bot token.
+    #[arg(long, env = "SLACK_BOT_TOKEN_FILE")]
+    pub slack_bot_token_file: Option<PathBuf>,
+    /// Slack Web API base URL.
+    #[arg(long, env = "SLACK_API_URL", default_value = "https://slack.com/api")]
+    pub slack_api_url: String,
+}
+
+impl SlackBotArgs {
+    /// A bot token given directly, for a Web API at `api_url`.
+    pub fn new(token: &str, api_url: &str) -> Self {
+        Self {
+            slack_bot_token: Some(token.to_owned()),
+            slack_bot_token_file: None,
+            slack_api_url: api_url.to_owned(),
+        }
+    }
+
+    /// The token, from either spelling.
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
+        secret(
+            "SLACK_BOT_TOKEN",
+            self.slack_bot_token.as_deref(),
+            self.slack_bot_token_file.as_deref(),
+        )
     }
 }
 

@@ -66,8 +66,7 @@ impl GovernanceClient {
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
-                let kind = if e.is_timeout() { "timeout" } else { "error" };
-                self.metrics.external("governance", kind);
+                let kind = self.metrics.transport_failure("governance", &e);
                 return Err(GovernanceError::Transient(format!("{kind}: {e}")));
             }
         };

@@ -165,6 +165,14 @@ impl Metrics {
         String::from_utf8_lossy(&buf).into_owned()
     }
 
+    /// Counts a call to `target` that got no HTTP answer, and names the failure
+    /// (`timeout` or `error`) for the caller's error message.
+    pub fn transport_failure(&self, target: &str, e: &reqwest::Error) -> &'static str {
+        let kind = if e.is_timeout() { "timeout" } else { "error" };
+        self.external(target, kind);
+        kind
+    }
+
     /// Counts one call to an external service with its outcome (`200`, `timeout`, ...).
     pub fn external(&self, target: &str, status: &str) {
         self.external_requests

@@ -103,11 +103,10 @@ pub struct Topology {
     pub requests: kv::Store,
 }
 
-/// The configuration of `TARS_EVENTS`.
-pub fn events_stream_config(cfg: &TopologyConfig) -> stream::Config {
+fn stream_config(name: &str, subjects: &[&str], cfg: &TopologyConfig) -> stream::Config {
     stream::Config {
-        name: EVENTS_STREAM.into(),
-        subjects: vec!["tars.request.>".into(), "tars.decision.>".into()],
+        name: name.into(),
+        subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: cfg.events_max_age,
@@ -117,18 +116,14 @@ pub fn events_stream_config(cfg: &TopologyConfig) -> stream::Config {
     }
 }
 
-/// The configuration of `TARS_DLQ`.
+/// The configuration of `TARS_EVENTS`, the audit log.
+pub fn events_stream_config(cfg: &TopologyConfig) -> stream::Config {
+    stream_config(EVENTS_STREAM, &["tars.request.>", "tars.decision.>"], cfg)
+}
+
+/// The configuration of `TARS_DLQ`; dead letters are kept as long as the audit log.
 pub fn dlq_stream_config(cfg: &TopologyConfig) -> stream::Config {
-    stream::Config {
-        name: DLQ_STREAM.into(),
-        subjects: vec!["tars.dlq.>".into()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        max_age: cfg.events_max_age,
-        duplicate_window: Duration::from_secs(120),
-        num_replicas: cfg.replicas,
-        ..Default::default()
-    }
+    stream_config(DLQ_STREAM, &["tars.dlq.>"], cfg)
 }
 
 /// The configuration of a worker's durable consumer.

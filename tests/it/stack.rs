@@ -58,13 +58,8 @@ pub struct Stack {
 
 pub fn common(url: &str) -> CommonArgs {
     CommonArgs {
-        nats_url: url.to_owned(),
-        nats_creds: None,
-        nats_creds_file: None,
-        replicas: 1,
-        events_max_age: Duration::from_secs(86_400),
         log_level: "warn".into(),
-        log_format: "text".into(),
+        ..CommonArgs::for_url(url)
     }
 }
 
@@ -103,9 +98,8 @@ impl Stack {
             }
             .into(),
             slack_approvers: format!("{SLACK_APPROVER}:bob"),
-            slack_bot_token: Some(BOT_TOKEN.into()),
-            slack_bot_token_file: None,
-            slack_api_url: slack.url(),
+            slack_bot: tars_common::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
+
             submit_rate_per_minute: opts.submit_rate,
             max_open_requests_per_user: opts.max_open,
             request_timeout: Duration::from_secs(10),
@@ -148,10 +142,8 @@ impl Stack {
         let args = tars_notifier::Args {
             common: common(&self.nats.server.url()),
             worker: worker_args(),
-            slack_bot_token: Some(BOT_TOKEN.into()),
-            slack_bot_token_file: None,
+            slack_bot: tars_common::config::SlackBotArgs::new(BOT_TOKEN, &self.slack.url()),
             slack_channel_id: Some(CHANNEL.into()),
-            slack_api_url: self.slack.url(),
         };
         let s = self.shutdown.clone();
         self.tasks.push(tokio::spawn(async move {

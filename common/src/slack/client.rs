@@ -161,8 +161,7 @@ impl SlackClient {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> SlackError {
-        let kind = if e.is_timeout() { "timeout" } else { "error" };
-        self.metrics.external("slack", kind);
+        let kind = self.metrics.transport_failure("slack", &e);
         SlackError::Transient(format!("{kind}: {e}"))
     }
 

@@ -41,18 +41,6 @@ struct Args {
     standin_port: u16,
 }
 
-fn common(url: &str) -> CommonArgs {
-    CommonArgs {
-        nats_url: url.to_owned(),
-        nats_creds: None,
-        nats_creds_file: None,
-        replicas: 1,
-        events_max_age: Duration::from_secs(90 * 86_400),
-        log_level: "info".into(),
-        log_format: "text".into(),
-    }
-}
-
 fn worker_args(port: u16) -> WorkerArgs {
     WorkerArgs {
         metrics_addr: ([127, 0, 0, 1], port).into(),
@@ -79,7 +67,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = tars_common::shutdown::on_signal();
     let url = server.url();
     let ingress = tars_ingress::Args {
-        common: common(&url),
+        common: CommonArgs::for_url(&url),
         listen_addr: ([127, 0, 0, 1], args.port).into(),
         kbase_auth_url: kbase.url(),
         kbase_admin_roles: "CDM_JUPYTERHUB_ADMIN".into(),
@@ -89,29 +77,26 @@ async fn main() -> anyhow::Result<()> {
         slack_signing_secret_file: None,
         slack_approval_mode: "allowlist".into(),
         slack_approvers: "U_ADMIN:bob".into(),
-        slack_bot_token: Some(BOT_TOKEN.into()),
-        slack_bot_token_file: None,
-        slack_api_url: slack.url(),
+        slack_bot: tars_common::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
+
         submit_rate_per_minute: 10,
         max_open_requests_per_user: 20,
         request_timeout: Duration::from_secs(15),
     };
     let notifier = tars_notifier::Args {
-        common: common(&url),
+        common: CommonArgs::for_url(&url),
         worker: worker_args(9091),
-        slack_bot_token: Some(BOT_TOKEN.into()),
-        slack_bot_token_file: None,
+        slack_bot: tars_common::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
         slack_channel_id: Some(CHANNEL.into()),
-        slack_api_url: slack.url(),
     };
     let decision = tars_decision::Args {
-        common: common(&url),
+        common: CommonArgs::for_url(&url),
         worker: worker_args(9092),
         request_ttl: Duration::from_secs(7 * 86_400),
         sweep_interval: Duration::from_secs(30),
     };
     let applier = tars_governance_applier::Args {
-        common: common(&url),
+        common: CommonArgs::for_url(&url),
         worker: worker_args(9093),
         governance_api_url: Some(governance.url()),
         governance_token: Some(GOV_TOKEN.into()),

@@ -83,6 +83,21 @@ impl Worker {
             .map_err(|e| Outcome::retry(e.to_string()))
     }
 
+    /// Records `failed` with the reason and dead-letters the message, so an admin can
+    /// replay it once the cause is fixed.
+    async fn fail(&self, id: &RequestId, reason: String) -> Outcome {
+        let event = Event::RequestFailed {
+            reason: reason.clone(),
+        };
+        match self
+            .record(id, RequestStatus::Failed, Some(reason.clone()), event)
+            .await
+        {
+            Ok(()) => Outcome::dead_letter(reason),
+            Err(o) => o,
+        }
+    }
+
     async fn apply(&self, id: &RequestId, last_attempt: bool) -> Outcome {
         let rec = match self.store.get(id).await {
             Ok(Some(v)) => v.value,
@@ -117,37 +132,10 @@ impl Worker {
             }
             Err(GovernanceError::Permanent(reason)) => {
                 tracing::warn!(%group, %reason, "governance refused");
-                match self
-                    .record(
-                        id,
-                        RequestStatus::Failed,
-                        Some(reason.clone()),
-                        Event::RequestFailed {
-                            reason: reason.clone(),
-                        },
-                    )
-                    .await
-                {
-                    Ok(()) => Outcome::dead_letter(reason),
-                    Err(o) => o,
-                }
+                self.fail(id, reason).await
             }
             Err(GovernanceError::Transient(reason)) if last_attempt => {
-                let reason = format!("retries exhausted: {reason}");
-                match self
-                    .record(
-                        id,
-                        RequestStatus::Failed,
-                        Some(reason.clone()),
-                        Event::RequestFailed {
-                            reason: reason.clone(),
-                        },
-                    )
-                    .await
-                {
-                    Ok(()) => Outcome::dead_letter(reason),
-                    Err(o) => o,
-                }
+                self.fail(id, format!("retries exhausted: {reason}")).await
             }
             Err(GovernanceError::Transient(reason)) => {
                 self.metrics

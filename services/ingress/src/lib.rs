@@ -94,15 +94,9 @@ pub struct Args {
     /// `U123:kbase_user,...`: Slack user ids allowed to decide, and whose name is recorded.
     #[arg(long, env = "SLACK_APPROVERS", default_value = "")]
     pub slack_approvers: String,
-    /// Slack bot token (or SLACK_BOT_TOKEN_FILE), for the token modal and replies to clickers.
-    #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
-    pub slack_bot_token: Option<String>,
-    /// File holding the Slack bot token.
-    #[arg(long, env = "SLACK_BOT_TOKEN_FILE")]
-    pub slack_bot_token_file: Option<std::path::PathBuf>,
-    /// Slack Web API base URL.
-    #[arg(long, env = "SLACK_API_URL", default_value = "https://slack.com/api")]
-    pub slack_api_url: String,
+    /// The Slack bot, for the token modal and replies to clickers.
+    #[command(flatten)]
+    pub slack_bot: tars_common::config::SlackBotArgs,
     /// Submissions per user per minute (per ingress replica).
     #[arg(long, env = "SUBMIT_RATE_PER_MINUTE", default_value_t = 10)]
     pub submit_rate_per_minute: u32,
@@ -160,12 +154,7 @@ impl Application {
             problems.push(e);
             None
         });
-        let bot = secret(
-            "SLACK_BOT_TOKEN",
-            args.slack_bot_token.as_deref(),
-            args.slack_bot_token_file.as_deref(),
-        )
-        .unwrap_or_else(|e| {
+        let bot = args.slack_bot.token().unwrap_or_else(|e| {
             problems.push(e);
             None
         });
@@ -178,16 +167,20 @@ impl Application {
             }
             ApprovalMode::KbaseToken
         } else {
-            let approvers = parse_approvers(&args.slack_approvers).unwrap_or_else(|e| {
-                problems.push(e);
-                HashMap::new()
-            });
-            if signing.is_some() && approvers.is_empty() {
-                problems.push(ConfigError::new(
-                    "SLACK_APPROVERS",
-                    "allowlist approval mode needs at least one SLACK_ID:kbase_user",
-                ));
-            }
+            let approvers = match parse_approvers(&args.slack_approvers) {
+                Ok(a) if a.is_empty() && signing.is_some() => {
+                    problems.push(ConfigError::new(
+                        "SLACK_APPROVERS",
+                        "allowlist approval mode needs at least one SLACK_ID:kbase_user",
+                    ));
+                    a
+                }
+                Ok(a) => a,
+                Err(e) => {
+                    problems.push(e);
+                    HashMap::new()
+                }
+            };
             ApprovalMode::Allowlist(approvers)
         };
         tars_common::config::report(problems).map_err(anyhow::Error::msg)?;
@@ -207,8 +200,14 @@ impl Application {
             },
             metrics.clone(),
         );
-        let slack_client =
-            bot.map(|t| SlackClient::new(http.clone(), &args.slack_api_url, &t, metrics.clone()));
+        let slack_client = bot.map(|t| {
+            SlackClient::new(
+                http.clone(),
+                &args.slack_bot.slack_api_url,
+                &t,
+                metrics.clone(),
+            )
+        });
         let conn =
             tars_common::service::connect(&args.common, "tars-ingress", metrics.clone()).await?;
         let state = AppState {

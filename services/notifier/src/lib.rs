@@ -8,7 +8,7 @@ mod handler;
 use std::time::Duration;
 
 use clap::Parser;
-use tars_common::config::{CommonArgs, ConfigError, WorkerArgs, report, secret};
+use tars_common::config::{CommonArgs, ConfigError, SlackBotArgs, WorkerArgs, report};
 use tars_common::metrics::Metrics;
 use tars_common::slack::SlackClient;
 use tars_common::topology::NOTIFIER;
@@ -30,29 +30,18 @@ pub struct Args {
     /// Settings of the worker runtime.
     #[command(flatten)]
     pub worker: WorkerArgs,
-    /// Slack bot token (or SLACK_BOT_TOKEN_FILE).
-    #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
-    pub slack_bot_token: Option<String>,
-    /// File holding the Slack bot token.
-    #[arg(long, env = "SLACK_BOT_TOKEN_FILE")]
-    pub slack_bot_token_file: Option<std::path::PathBuf>,
+    /// The Slack bot that posts.
+    #[command(flatten)]
+    pub slack_bot: SlackBotArgs,
     /// The channel approvers watch.
     #[arg(long, env = "SLACK_CHANNEL_ID")]
     pub slack_channel_id: Option<String>,
-    /// Slack Web API base URL.
-    #[arg(long, env = "SLACK_API_URL", default_value = "https://slack.com/api")]
-    pub slack_api_url: String,
 }
 
 /// Runs the notifier until `shutdown` fires.
 pub async fn run(args: Args, metrics: Metrics, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut problems = Vec::new();
-    let token = secret(
-        "SLACK_BOT_TOKEN",
-        args.slack_bot_token.as_deref(),
-        args.slack_bot_token_file.as_deref(),
-    )
-    .unwrap_or_else(|e| {
+    let token = args.slack_bot.token().unwrap_or_else(|e| {
         problems.push(e);
         None
     });
@@ -72,7 +61,7 @@ pub async fn run(args: Args, metrics: Metrics, shutdown: CancellationToken) -> a
         .build()?;
     let slack = SlackClient::new(
         http,
-        &args.slack_api_url,
+        &args.slack_bot.slack_api_url,
         token.as_deref().unwrap_or_default(),
         metrics.clone(),
     );

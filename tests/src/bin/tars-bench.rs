@@ -39,13 +39,8 @@ fn ms(d: Duration) -> String {
 
 fn common(url: &str) -> CommonArgs {
     CommonArgs {
-        nats_url: url.to_owned(),
-        nats_creds: None,
-        nats_creds_file: None,
-        replicas: 1,
-        events_max_age: Duration::from_secs(86_400),
         log_level: "error".into(),
-        log_format: "text".into(),
+        ..CommonArgs::for_url(url)
     }
 }
 
@@ -238,9 +233,8 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
         slack_signing_secret_file: None,
         slack_approval_mode: "allowlist".into(),
         slack_approvers: "U1:benchadmin".into(),
-        slack_bot_token: Some("xoxb-bench".into()),
-        slack_bot_token_file: None,
-        slack_api_url: slack.url(),
+        slack_bot: tars_common::config::SlackBotArgs::new("xoxb-bench", &slack.url()),
+
         submit_rate_per_minute: 10,
         max_open_requests_per_user: 20,
         request_timeout: Duration::from_secs(15),
@@ -261,10 +255,8 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
             tars_notifier::Args {
                 common: common(&url),
                 worker: worker.clone(),
-                slack_bot_token: Some("xoxb-bench".into()),
-                slack_bot_token_file: None,
+                slack_bot: tars_common::config::SlackBotArgs::new("xoxb-bench", &slack.url()),
                 slack_channel_id: Some("C1".into()),
-                slack_api_url: slack.url(),
             },
             Metrics::new(),
             stop.clone(),
