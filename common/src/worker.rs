@@ -86,6 +86,9 @@ pub struct Delivery {
     /// True when a `Retry` now would dead-letter instead, so a handler can record the
     /// failure in the request's state first.
     pub last_attempt: bool,
+    /// The message's sequence in `TARS_EVENTS`: stable across redeliveries, new for a
+    /// replayed dead letter, so it makes good `Nats-Msg-Id`s for what a handler publishes.
+    pub stream_seq: u64,
 }
 
 /// The work a worker does per event. Handlers must be idempotent: a message can be
@@ -341,6 +344,7 @@ async fn process<H: Handler>(
                         subject: msg.subject.to_string(),
                         delivered,
                         last_attempt: delivered >= shared.cfg.max_deliver,
+                        stream_seq,
                     };
                     match run_handler(&shared, &msg, delivery).await {
                         Some(o) => o,

@@ -482,6 +482,16 @@ async fn probes_metrics_and_openapi_are_served() {
     s.submit("kbase", "read_only").await;
     assert_eq!(s.get("/readyz", None).await.0, 200);
     assert_eq!(s.get("/livez", None).await.0, 200);
+    let r = s
+        .http
+        .get(format!("{}/health", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers().get("x-request-id").is_some(),
+        "every answer carries a request id"
+    );
     let (status, doc) = s.get("/openapi.json", None).await;
     assert_eq!(status, 200);
     assert!(doc["paths"]["/requests/"]["post"].is_object());

@@ -46,12 +46,15 @@ impl Worker {
         }
     }
 
+    /// Applies one decision; `cause` is the decision message's stream sequence, which
+    /// keys the rejection event so a redelivered losing decision is recorded once.
     async fn decide(
         &self,
         id: &RequestId,
         decision: Decision,
         by: &Username,
         source: Source,
+        cause: u64,
     ) -> Outcome {
         let target = match decision {
             Decision::Approve => RequestStatus::Approved,
@@ -130,7 +133,7 @@ impl Worker {
         let published = match &env.event {
             Event::DecisionRejected { .. } => {
                 self.publisher
-                    .publish(&env, &format!("{}.rejected.{}", id, env.event_id))
+                    .publish(&env, &format!("{id}.decision.rejected.{cause}"))
                     .await
             }
             _ => self.publisher.publish_transition(&env).await,
@@ -200,7 +203,10 @@ impl Handler for Worker {
                 by,
                 source,
                 ..
-            } => self.decide(&id, *decision, by, *source).await,
+            } => {
+                self.decide(&id, *decision, by, *source, delivery.stream_seq)
+                    .await
+            }
             other => Outcome::dead_letter(format!(
                 "the decision worker does not handle {}",
                 other.kind()

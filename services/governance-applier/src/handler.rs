@@ -35,13 +35,16 @@ impl Worker {
         }
     }
 
-    /// Moves the record to `status` (from approved or failed) and publishes `event`.
+    /// Moves the record to `status` (from approved or failed) and publishes `event`;
+    /// `cause` (the approval message's stream sequence) keys a failure event, since a
+    /// request may fail, be replayed and fail again.
     async fn record(
         &self,
         id: &RequestId,
         status: RequestStatus,
         reason: Option<String>,
         event: Event,
+        cause: u64,
     ) -> Result<(), Outcome> {
         let (changed, _) = self
             .store
@@ -73,7 +76,7 @@ impl Worker {
         // A failure can happen again after a replay: give each its own id.
         let published = if status == RequestStatus::Failed {
             self.publisher
-                .publish(&env, &format!("{}.request.failed.{}", id, env.event_id))
+                .publish(&env, &format!("{id}.request.failed.{cause}"))
                 .await
         } else {
             self.publisher.publish_transition(&env).await
@@ -85,12 +88,18 @@ impl Worker {
 
     /// Records `failed` with the reason and dead-letters the message, so an admin can
     /// replay it once the cause is fixed.
-    async fn fail(&self, id: &RequestId, reason: String) -> Outcome {
+    async fn fail(&self, id: &RequestId, reason: String, cause: u64) -> Outcome {
         let event = Event::RequestFailed {
             reason: reason.clone(),
         };
         match self
-            .record(id, RequestStatus::Failed, Some(reason.clone()), event)
+            .record(
+                id,
+                RequestStatus::Failed,
+                Some(reason.clone()),
+                event,
+                cause,
+            )
             .await
         {
             Ok(()) => Outcome::dead_letter(reason),
@@ -98,7 +107,7 @@ impl Worker {
         }
     }
 
-    async fn apply(&self, id: &RequestId, last_attempt: bool) -> Outcome {
+    async fn apply(&self, id: &RequestId, last_attempt: bool, cause: u64) -> Outcome {
         let rec = match self.store.get(id).await {
             Ok(Some(v)) => v.value,
             Ok(None) => return Outcome::dead_letter(format!("request {id} does not exist")),
@@ -123,6 +132,7 @@ impl Worker {
                         RequestStatus::Applied,
                         None,
                         Event::RequestApplied { group },
+                        cause,
                     )
                     .await
                 {
@@ -132,10 +142,11 @@ impl Worker {
             }
             Err(GovernanceError::Permanent(reason)) => {
                 tracing::warn!(%group, %reason, "governance refused");
-                self.fail(id, reason).await
+                self.fail(id, reason, cause).await
             }
             Err(GovernanceError::Transient(reason)) if last_attempt => {
-                self.fail(id, format!("retries exhausted: {reason}")).await
+                self.fail(id, format!("retries exhausted: {reason}"), cause)
+                    .await
             }
             Err(GovernanceError::Transient(reason)) => {
                 self.metrics
@@ -152,7 +163,10 @@ impl Handler for Worker {
     async fn handle(&self, delivery: Delivery) -> Outcome {
         let id = delivery.envelope.request_id.clone();
         match &delivery.envelope.event {
-            Event::RequestApproved { .. } => self.apply(&id, delivery.last_attempt).await,
+            Event::RequestApproved { .. } => {
+                self.apply(&id, delivery.last_attempt, delivery.stream_seq)
+                    .await
+            }
             other => Outcome::dead_letter(format!(
                 "the governance-applier does not handle {}",
                 other.kind()

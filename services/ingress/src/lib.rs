@@ -288,6 +288,17 @@ async fn deadline(State(limit): State<Duration>, req: Request, next: Next) -> Re
     }
 }
 
+/// The span of one HTTP request, carrying the `x-request-id` that is also echoed to the
+/// client, so a user's report can be found in the logs.
+fn http_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), http_request_id = %id)
+}
+
 async fn not_found() -> error::ApiError {
     error::ApiError::not_found("route")
 }
@@ -337,7 +348,7 @@ fn router(state: AppState, timeout: Duration) -> Router {
         .layer(middleware::from_fn_with_state(metrics, track))
         .layer(middleware::from_fn_with_state(timeout, deadline))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(http_span))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
