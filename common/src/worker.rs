@@ -234,7 +234,7 @@ pub async fn run<H: Handler>(
             .expires(shared.cfg.pull_expires)
             .messages()
             .await;
-        let mut batch = match batch {
+        let batch = match batch {
             Ok(b) => b,
             Err(e) => {
                 pull_failures += 1;
@@ -249,26 +249,10 @@ pub async fn run<H: Handler>(
             }
         };
         pull_failures = 0;
-        while let Some(next) = batch.next().await {
-            match next {
-                Ok(msg) if shutdown.is_cancelled() => {
-                    // Pulled just as shutdown began: hand it straight back.
-                    let _ = msg.ack_with(AckKind::Nak(None)).await;
-                }
-                Ok(msg) => {
-                    let Some(permit) = permits.pop() else {
-                        // The server never sends more than asked; if it did, give it back.
-                        let _ = msg.ack_with(AckKind::Nak(None)).await;
-                        continue;
-                    };
-                    tokio::spawn(process(shared.clone(), msg, permit));
-                }
-                Err(e) => {
-                    debug!(worker = kind.name, error = %e, "batch ended with an error");
-                    break;
-                }
-            }
-        }
+        // Read the batch in its own task so the next pull goes out as soon as a slot
+        // frees, instead of after this batch ends: pulls overlap, but every pull still
+        // holds the slots it asked for, so outstanding messages never exceed concurrency.
+        tokio::spawn(read_batch(shared.clone(), batch, permits, shutdown.clone()));
     }
 
     info!(
@@ -288,6 +272,46 @@ pub async fn run<H: Handler>(
     lag.abort();
     info!(worker = kind.name, "worker stopped");
     Ok(())
+}
+
+/// Hands each message of one pull to a handler task with one of the slots the pull was
+/// made for; slots the server did not fill are freed when the pull ends.
+async fn read_batch<H: Handler>(
+    shared: Arc<Shared<H>>,
+    mut batch: jetstream::consumer::pull::Batch,
+    mut permits: Vec<OwnedSemaphorePermit>,
+    shutdown: CancellationToken,
+) {
+    let mut received = 0usize;
+    while let Some(next) = batch.next().await {
+        match next {
+            Ok(msg) if shutdown.is_cancelled() => {
+                // Pulled just as shutdown began: hand it straight back.
+                let _ = msg.ack_with(AckKind::Nak(None)).await;
+            }
+            Ok(msg) => {
+                received += 1;
+                let Some(permit) = permits.pop() else {
+                    // The server never sends more than asked; if it did, give it back.
+                    let _ = msg.ack_with(AckKind::Nak(None)).await;
+                    continue;
+                };
+                tokio::spawn(process(shared.clone(), msg, permit));
+            }
+            Err(e) => {
+                debug!(worker = shared.kind.name, error = %e, "pull ended with an error");
+                if received == 0 {
+                    // Likely a NATS outage: hold the slots a moment so the pull loop
+                    // does not spin while the client reconnects.
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {},
+                        _ = shutdown.cancelled() => {},
+                    }
+                }
+                break;
+            }
+        }
+    }
 }
 
 /// Refreshes `tars_consumer_pending` from consumer info until shutdown.
