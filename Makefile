@@ -21,7 +21,7 @@ lint:
 
 ## bench: throughput benchmarks (worker runtime, ingress)
 bench:
-	cargo run --release -p tars-tests --bin tars-bench
+	cargo run --release -p tars-tests --bin tars-bench -- all
 
 nats-server:
 	@echo $(NATS_SERVER_BIN)
