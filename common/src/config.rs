@@ -48,6 +48,11 @@ pub struct CommonArgs {
     /// How long TARS_EVENTS keeps the audit trail.
     #[arg(long, env = "TARS_EVENTS_MAX_AGE", default_value = "90d", value_parser = parse_duration)]
     pub events_max_age: Duration,
+    /// How long a delivered message may go unacknowledged before it is redelivered
+    /// (long handlers extend it with in-progress acks). Every service declares the
+    /// consumers, so set it alike everywhere.
+    #[arg(long, env = "TARS_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
+    pub ack_wait: Duration,
     /// Log filter (`info`, `debug`, `tars_common=debug,info`, ...).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -66,6 +71,7 @@ impl CommonArgs {
             nats_creds_file: None,
             replicas: 1,
             events_max_age: Duration::from_secs(90 * 86_400),
+            ack_wait: Duration::from_secs(30),
             log_level: "info".into(),
             log_format: "text".into(),
         }
@@ -76,7 +82,7 @@ impl CommonArgs {
         TopologyConfig {
             replicas: usize::from(self.replicas),
             events_max_age: self.events_max_age,
-            ..TopologyConfig::default()
+            ack_wait: self.ack_wait,
         }
     }
 
@@ -128,6 +134,19 @@ impl SlackBotArgs {
     }
 }
 
+impl WorkerArgs {
+    /// Production defaults with the probes on `metrics_addr`.
+    pub fn on(metrics_addr: std::net::SocketAddr) -> Self {
+        Self {
+            metrics_addr,
+            concurrency: 16,
+            max_deliver: 10,
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(300),
+        }
+    }
+}
+
 /// Settings of the three workers.
 #[derive(Debug, Clone, clap::Args)]
 pub struct WorkerArgs {
@@ -140,6 +159,12 @@ pub struct WorkerArgs {
     /// Deliveries before a failing message is dead-lettered.
     #[arg(long, env = "WORKER_MAX_DELIVER", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub max_deliver: u16,
+    /// Delay before the first retry; each further retry doubles it.
+    #[arg(long, env = "WORKER_RETRY_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub retry_base: Duration,
+    /// The longest delay between retries.
+    #[arg(long, env = "WORKER_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub retry_max: Duration,
 }
 
 impl WorkerArgs {
@@ -148,6 +173,10 @@ impl WorkerArgs {
         WorkerConfig {
             concurrency: usize::from(self.concurrency),
             max_deliver: u64::from(self.max_deliver),
+            retry: crate::worker::RetryPolicy {
+                base: self.retry_base,
+                cap: self.retry_max.max(self.retry_base),
+            },
             ..WorkerConfig::default()
         }
     }

@@ -140,7 +140,8 @@ pub struct WorkerConfig {
     pub pull_expires: Duration,
     /// How long shutdown lets running handlers finish before nak-ing them.
     pub shutdown_grace: Duration,
-    /// How often an in-progress ack extends a long-running handler's `ack_wait`.
+    /// How often an in-progress ack extends a long-running handler's `ack_wait` (never
+    /// less often than a third of the consumer's `ack_wait`).
     pub progress_interval: Duration,
 }
 
@@ -201,6 +202,12 @@ pub async fn run<H: Handler>(
                 message: e.to_string(),
             })?;
     let concurrency = cfg.concurrency.max(1);
+    // In-progress acks must come well inside the consumer's ack_wait, whatever it is.
+    let ack_wait = consumer.cached_info().config.ack_wait;
+    let mut cfg = cfg;
+    if !ack_wait.is_zero() {
+        cfg.progress_interval = cfg.progress_interval.min(ack_wait / 3);
+    }
     let shared = Arc::new(Shared {
         kind,
         handler: Arc::new(handler),

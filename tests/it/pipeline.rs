@@ -248,7 +248,7 @@ async fn slack_outages_and_rate_limits_still_give_exactly_one_message() {
     })
     .await;
     s.slack.faults().rate_limit_next(1, 1);
-    s.slack.faults().fail_next(2, 500);
+    s.slack.faults().fail_next(5, 500);
     let id = s.submit("noisy", "read_only").await;
     wait_message(&s, &id, "\"approve\"").await;
     s.interactor
@@ -264,7 +264,7 @@ async fn slack_outages_and_rate_limits_still_give_exactly_one_message() {
         .iter()
         .filter(|(m, _)| m == "chat.postMessage")
         .count();
-    assert_eq!(posts, 4, "a 429, two 500s, then the post");
+    assert_eq!(posts, 7, "a 429, five 500s, then the post");
 }
 
 async fn all_applied(s: &Stack, ids: &[String]) {
@@ -347,4 +347,90 @@ async fn two_applier_replicas_share_two_hundred_approvals() {
 
 fn s_shutdown(s: &Stack) -> tokio_util::sync::CancellationToken {
     s.shutdown_token()
+}
+
+#[tokio::test]
+async fn a_killed_applier_loses_nothing_and_grants_each_request_once() {
+    let mut s = Stack::start(Options::default()).await;
+    s.start_decision(Duration::from_secs(86_400));
+    s.governance.faults().set_latency(Duration::from_millis(40));
+    // The applier runs on its own runtime, so shutting that down kills every task and its
+    // NATS connection at once, as SIGKILL would: nothing is acked or nak-ed on the way out.
+    let doomed = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let args = s.applier_args();
+    doomed.spawn(async move {
+        let never = tokio_util::sync::CancellationToken::new();
+        let _ =
+            tars_governance_applier::run(args, tars_common::metrics::Metrics::new(), never).await;
+    });
+    let ids = s.submit_and_approve_many(50).await;
+    eventually(E2E, "some grants", || async {
+        (s.governance.add_calls() >= 5).then_some(())
+    })
+    .await;
+    doomed.shutdown_background();
+    assert!(s.governance.add_calls() < 50, "killed mid-run");
+    let _again = s.spawn_applier(s_shutdown(&s), tars_common::metrics::Metrics::new());
+    all_applied(&s, &ids).await;
+    assert_eq!(s.governance.add_calls(), 50, "each membership granted once");
+    for i in 0..50 {
+        assert_eq!(
+            s.governance.members(&format!("t{i}ro")),
+            vec![format!("user{i}")]
+        );
+    }
+    for id in &ids {
+        assert_eq!(
+            s.count_subject(&format!("tars.request.applied.{id}")).await,
+            1
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_discarded_dead_letter_changes_no_request() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    s.governance.faults().fail_next_with(
+        1,
+        403,
+        json!({"detail": "Not allowed to manage this group"}),
+    );
+    let id = s.submit("locked", "read_write").await;
+    s.post(
+        "/approvals/approve",
+        Some(ADMIN_TOKEN),
+        json!({"request_id": id}),
+    )
+    .await;
+    wait_status(&s, &id, "failed").await;
+    let seq = eventually(E2E, "the dead letter", || async {
+        let (_, body) = s.get("/admin/dead-letters", Some(ADMIN_TOKEN)).await;
+        body["dead_letters"][0]["seq"].as_u64()
+    })
+    .await;
+    let del = |seq: u64| {
+        s.http
+            .delete(format!("{}/admin/dead-letters/{seq}", s.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+    };
+    assert_eq!(del(seq).await.unwrap().status(), 204);
+    assert_eq!(del(seq).await.unwrap().status(), 404);
+    let (_, body) = s.get("/admin/dead-letters", Some(ADMIN_TOKEN)).await;
+    assert_eq!(body["dead_letters"], json!([]));
+    assert_eq!(s.status_of(&id).await, "failed");
+    let (_, failed) = s.get("/requests?status=failed", Some(ADMIN_TOKEN)).await;
+    assert_eq!(failed["requests"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        failed["requests"][0]["failure_reason"],
+        "HTTP 403: Not allowed to manage this group"
+    );
 }

@@ -370,7 +370,7 @@ async fn shutdown_with_fifty_in_flight_loses_nothing() {
 }
 
 #[tokio::test]
-async fn the_worker_resumes_by_itself_after_a_nats_restart() {
+async fn the_worker_resumes_by_itself_after_nats_is_killed_and_restarted() {
     let mut nats = Nats::start_with(TopologyConfig {
         ack_wait: Duration::from_secs(2),
         ..TopologyConfig::default()
@@ -397,7 +397,9 @@ async fn the_worker_resumes_by_itself_after_a_nats_restart() {
         (handled.lock().unwrap().len() >= 30).then_some(())
     })
     .await;
-    nats.server.restart().unwrap();
+    // SIGKILL, as a crash would; the store (fsync per write) keeps every acked message.
+    nats.server.kill();
+    nats.server.start_again().unwrap();
     eventually(
         Duration::from_secs(60),
         "all 300 handled after the restart",
@@ -409,5 +411,91 @@ async fn the_worker_resumes_by_itself_after_a_nats_restart() {
         consumer_idle(&nats).await.then_some(())
     })
     .await;
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_handler_keeps_its_message_with_in_progress_acks() {
+    let nats = Nats::start_with(TopologyConfig {
+        ack_wait: Duration::from_secs(1),
+        ..TopologyConfig::default()
+    })
+    .await;
+    let calls = Arc::new(Mutex::new(0));
+    let h = handler({
+        let calls = calls.clone();
+        move |_d| {
+            *calls.lock().unwrap() += 1;
+            async {
+                // The behaviour under test: a call that outlasts ack_wait 2.5 times.
+                tokio::time::sleep(Duration::from_millis(2500)).await;
+                Outcome::Ack
+            }
+        }
+    });
+    let w = spawn_worker(&nats.topology, h, fast_config());
+    publish_n(&nats, 1).await;
+    eventually(LONG, "the ack", || async {
+        (w.count("ack") == 1).then_some(())
+    })
+    .await;
+    eventually(LONG, "consumer idle", || async {
+        consumer_idle(&nats).await.then_some(())
+    })
+    .await;
+    assert_eq!(*calls.lock().unwrap(), 1, "never redelivered while running");
+    let mut c: async_nats::jetstream::consumer::PullConsumer = nats
+        .topology
+        .events
+        .get_consumer(NOTIFIER.name)
+        .await
+        .unwrap();
+    assert_eq!(c.info().await.unwrap().num_redelivered, 0);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn worker_probes_serve_metrics_liveness_and_readiness() {
+    let nats = Nats::start().await;
+    let w = spawn_worker(
+        &nats.topology,
+        handler(|_d| async { Outcome::Ack }),
+        fast_config(),
+    );
+    publish_n(&nats, 3).await;
+    eventually(LONG, "three acks", || async {
+        (w.count("ack") == 3).then_some(())
+    })
+    .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let client = tars_common::nats::connect(&nats.server.url(), None, "probe")
+        .await
+        .unwrap();
+    let stop = CancellationToken::new();
+    let probe = tars_common::health::Probe {
+        metrics: w.metrics.clone(),
+        client,
+    };
+    let served = tokio::spawn(tars_common::health::serve(listener, probe, stop.clone()));
+    let get = |path: &'static str| {
+        let base = base.clone();
+        async move {
+            let r = reqwest::get(format!("{base}{path}")).await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(get("/livez").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 200);
+    let (status, text) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(
+        text.contains(r#"tars_worker_messages_total{outcome="ack",worker="notifier"} 3"#),
+        "{text}"
+    );
+    assert!(text.contains("tars_worker_handle_duration_seconds_count"));
+    assert!(text.contains(r#"tars_consumer_pending{worker="notifier"}"#));
+    stop.cancel();
+    served.await.unwrap().unwrap();
     w.stop().await;
 }

@@ -56,18 +56,23 @@ pub struct Stack {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// Settings of every service in a test stack; a short `ack_wait` makes a killed worker's
+/// messages come back within seconds.
 pub fn common(url: &str) -> CommonArgs {
     CommonArgs {
         log_level: "warn".into(),
+        ack_wait: Duration::from_secs(3),
         ..CommonArgs::for_url(url)
     }
 }
 
+/// Workers as in production, but retrying after 50 ms (doubling to 1 s) so fault tests
+/// run in seconds.
 pub fn worker_args() -> WorkerArgs {
     WorkerArgs {
-        metrics_addr: ([127, 0, 0, 1], 0).into(),
-        concurrency: 16,
-        max_deliver: 5,
+        retry_base: Duration::from_millis(50),
+        retry_max: Duration::from_secs(1),
+        ..WorkerArgs::on(([127, 0, 0, 1], 0).into())
     }
 }
 
@@ -164,19 +169,24 @@ impl Stack {
         }));
     }
 
+    /// The governance-applier's settings for this stack.
+    pub fn applier_args(&self) -> tars_governance_applier::Args {
+        tars_governance_applier::Args {
+            common: common(&self.nats.server.url()),
+            worker: worker_args(),
+            governance_api_url: Some(self.governance.url()),
+            governance_token: Some(GOV_TOKEN.into()),
+            governance_token_file: None,
+        }
+    }
+
     /// Starts a governance-applier that stops when `stop` fires.
     pub fn spawn_applier(
         &self,
         stop: CancellationToken,
         metrics: Metrics,
     ) -> tokio::task::JoinHandle<()> {
-        let args = tars_governance_applier::Args {
-            common: common(&self.nats.server.url()),
-            worker: worker_args(),
-            governance_api_url: Some(self.governance.url()),
-            governance_token: Some(GOV_TOKEN.into()),
-            governance_token_file: None,
-        };
+        let args = self.applier_args();
         tokio::spawn(async move {
             tars_governance_applier::run(args, metrics, stop)
                 .await

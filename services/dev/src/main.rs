@@ -42,11 +42,7 @@ struct Args {
 }
 
 fn worker_args(port: u16) -> WorkerArgs {
-    WorkerArgs {
-        metrics_addr: ([127, 0, 0, 1], port).into(),
-        concurrency: 16,
-        max_deliver: 10,
-    }
+    WorkerArgs::on(([127, 0, 0, 1], port).into())
 }
 
 #[tokio::main]

@@ -246,9 +246,8 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
     tokio::spawn(app.run_until_stopped(stop.clone()));
     if workers {
         let worker = WorkerArgs {
-            metrics_addr: ([127, 0, 0, 1], 0).into(),
             concurrency: 32,
-            max_deliver: 10,
+            ..WorkerArgs::on(([127, 0, 0, 1], 0).into())
         };
         let url = server.url();
         tokio::spawn(tars_notifier::run(
