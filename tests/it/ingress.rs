@@ -413,13 +413,45 @@ async fn kbase_token_mode_opens_a_modal_and_checks_the_token() {
     })
     .await;
     let id = s.submit("kbase", "read_only").await;
+    // Slack slower than the 3 s budget: the click is still answered in time, and the
+    // clicker is told to try again.
+    s.slack
+        .faults()
+        .set_latency(std::time::Duration::from_secs(4));
+    let started = std::time::Instant::now();
     let r = s
         .interactor
         .click("U_ANY", "approve", &id, &s.slack.response_url())
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(s.slack.views().len(), 1, "views.open called");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "answered within 3 s"
+    );
+    s.slack.faults().set_latency(std::time::Duration::ZERO);
+    crate::support::eventually(crate::support::LONG, "the try-again answer", || async {
+        s.slack
+            .responses()
+            .iter()
+            .any(|r| r["text"].as_str().unwrap_or("").contains("try again"))
+            .then_some(())
+    })
+    .await;
+    let r = s
+        .interactor
+        .click("U_ANY", "approve", &id, &s.slack.response_url())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let opens = s
+        .slack
+        .calls()
+        .iter()
+        .filter(|(m, _)| m == "views.open")
+        .count();
+    assert_eq!(opens, 2, "views.open called for each click");
+    assert_eq!(s.slack.views().len(), 1, "the slow one was abandoned");
     assert_eq!(s.slack.views()[0]["callback_id"], "tars_kbase_token");
 
     let r = s
@@ -546,4 +578,31 @@ async fn a_nats_outage_answers_503_with_retry_after_and_then_recovers() {
     )
     .await;
     assert_eq!(s.get("/readyz", None).await.0, 200);
+}
+
+#[tokio::test]
+async fn users_without_a_required_role_are_refused() {
+    let s = Stack::start(Options {
+        required_roles: "CDM_USER",
+        ..Options::default()
+    })
+    .await;
+    let (status, body, _) = s
+        .post(
+            "/requests",
+            Some(USER_TOKEN),
+            json!({"tenant_name": "kbase"}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("CDM_USER"));
+    s.kbase.add_user("member-token", "erin", &["CDM_USER"]);
+    let (status, _, _) = s
+        .post(
+            "/requests",
+            Some("member-token"),
+            json!({"tenant_name": "kbase"}),
+        )
+        .await;
+    assert_eq!(status, 202);
 }

@@ -30,6 +30,8 @@ pub struct Options {
     pub max_open: usize,
     pub kbase_token_mode: bool,
     pub request_ttl: Duration,
+    /// `KBASE_REQUIRED_ROLES`.
+    pub required_roles: &'static str,
 }
 
 impl Default for Options {
@@ -40,6 +42,7 @@ impl Default for Options {
             max_open: 20,
             kbase_token_mode: false,
             request_ttl: Duration::from_secs(7 * 86_400),
+            required_roles: "",
         }
     }
 }
@@ -92,7 +95,7 @@ impl Stack {
             listen_addr: ([127, 0, 0, 1], 0).into(),
             kbase_auth_url: kbase.url(),
             kbase_admin_roles: "CDM_JUPYTERHUB_ADMIN".into(),
-            kbase_required_roles: String::new(),
+            kbase_required_roles: opts.required_roles.into(),
             kbase_cache_ttl: Duration::from_secs(300),
             slack_signing_secret: Some(SIGNING_SECRET.into()),
             slack_signing_secret_file: None,

@@ -245,8 +245,19 @@ async fn click(
                     "element": {"type": "plain_text_input", "action_id": TOKEN_ACTION_ID},
                 }],
             });
-            // views.open must happen within the trigger's 3 s; it is one fast call.
-            if let Err(e) = client.open_view(&trigger, &view).await {
+            // The trigger is valid for 3 s and Slack wants our answer within 3 s: give
+            // views.open 2.5 s of it, then answer regardless.
+            let opened = tokio::time::timeout(
+                std::time::Duration::from_millis(2500),
+                client.open_view(&trigger, &view),
+            )
+            .await;
+            let failure = match opened {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some("views.open took longer than 2.5 s".to_owned()),
+            };
+            if let Some(e) = failure {
                 tracing::warn!(error = %e, request_id = %id, "views.open failed");
                 tell(
                     st,
