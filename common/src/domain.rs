@@ -137,6 +137,17 @@ impl RequestId {
         Self(uuid::Uuid::now_v7().to_string())
     }
 
+    /// When the id was made: UUIDv7 carries its creation time, so stale requests can be
+    /// found from their ids alone.
+    pub fn created_at(&self) -> Option<OffsetDateTime> {
+        let (secs, nanos) = uuid::Uuid::parse_str(&self.0)
+            .ok()?
+            .get_timestamp()?
+            .to_unix();
+        let t = OffsetDateTime::from_unix_timestamp(i64::try_from(secs).ok()?).ok()?;
+        Some(t + time::Duration::nanoseconds(i64::from(nanos)))
+    }
+
     /// Parses an id from a URL or a Slack button value.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
         let s = raw.trim();
@@ -470,9 +481,15 @@ mod tests {
     }
 
     #[test]
-    fn request_ids_round_trip() {
+    fn request_ids_round_trip_and_know_their_age() {
+        let before = OffsetDateTime::now_utc() - time::Duration::milliseconds(2);
         let id = RequestId::new();
         assert_eq!(RequestId::parse(id.as_str()).unwrap(), id);
+        let made = id.created_at().unwrap();
+        assert!(
+            made >= before && made <= OffsetDateTime::now_utc(),
+            "{made}"
+        );
         assert!(RequestId::parse("../etc").is_err());
     }
 

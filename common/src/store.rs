@@ -237,18 +237,33 @@ impl RequestStore {
         Err(StoreError::Contention(open_key(&record.requester)))
     }
 
-    /// Every record, newest first, for listings. This scans the bucket: fine for the
-    /// thousands of requests a lakehouse sees, to be replaced by an index if that changes.
-    pub async fn all(&self) -> Result<Vec<RequestRecord>, StoreError> {
+    /// The ids of every pending request, read from the open-request indexes (one key per
+    /// user with something open), so finding pending requests never reads decided ones.
+    pub async fn pending(&self) -> Result<Vec<RequestId>, StoreError> {
+        let mut ids = Vec::new();
+        for key in self.keys().await?.iter().filter(|k| k.starts_with("open.")) {
+            if let Some(idx) = self.read::<OpenIndex>(key).await? {
+                ids.extend(idx.value.into_values());
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn keys(&self) -> Result<Vec<String>, StoreError> {
         use futures::TryStreamExt;
-        let keys: Vec<String> = self
-            .kv
+        self.kv
             .keys()
             .await
             .map_err(unavailable)?
             .try_collect()
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable)
+    }
+
+    /// Every record, newest first, for listings. This scans the bucket: fine for the
+    /// thousands of requests a lakehouse sees, to be replaced by an index if that changes.
+    pub async fn all(&self) -> Result<Vec<RequestRecord>, StoreError> {
+        let keys = self.keys().await?;
         let mut out = Vec::new();
         for key in keys.iter().filter(|k| !k.starts_with("open.")) {
             if let Some(v) = self.read::<RequestRecord>(key).await? {

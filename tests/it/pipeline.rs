@@ -434,3 +434,77 @@ async fn a_discarded_dead_letter_changes_no_request() {
         "HTTP 403: Not allowed to manage this group"
     );
 }
+
+/// Submits one request for each of `n` distinct users at once; returns the ids.
+async fn burst(s: &Stack, n: usize) -> Vec<String> {
+    let calls = (0..n).map(|i| {
+        let token = format!("burst-{i}");
+        s.kbase.add_user(&token, &format!("burst{i}"), &[]);
+        async move {
+            let (status, body, _) = s
+                .post(
+                    "/requests/",
+                    Some(&token),
+                    json!({"tenant_name": "workshop"}),
+                )
+                .await;
+            assert_eq!(status, 202, "{body}");
+            body["request_id"].as_str().unwrap().to_owned()
+        }
+    });
+    futures::future::join_all(calls).await
+}
+
+async fn one_message_each(s: &Stack, ids: &[String]) {
+    eventually(E2E, "a Slack message for every request", || async {
+        let msgs = s.slack.messages();
+        ids.iter()
+            .all(|id| {
+                msgs.iter()
+                    .filter(|m| m.blocks.to_string().contains(id.as_str()))
+                    .count()
+                    == 1
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        s.slack.messages().len(),
+        ids.len(),
+        "exactly one message per request"
+    );
+}
+
+#[tokio::test]
+async fn a_workshop_burst_meets_slack_rate_limits_and_still_posts_once_each() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    s.slack.faults().limit_rate(10);
+    let ids = burst(&s, 40).await;
+    one_message_each(&s, &ids).await;
+    assert!(
+        s.slack.faults().rate_limited() > 0,
+        "the burst did meet 429s"
+    );
+}
+
+#[tokio::test]
+async fn paced_posting_avoids_slack_rate_limits() {
+    let s = Stack::start(Options {
+        workers: true,
+        slack_pacing: Some(8.0),
+        ..Options::default()
+    })
+    .await;
+    s.slack.faults().limit_rate(10);
+    let ids = burst(&s, 20).await;
+    one_message_each(&s, &ids).await;
+    assert_eq!(
+        s.slack.faults().rate_limited(),
+        0,
+        "paced under the limit, no 429"
+    );
+}

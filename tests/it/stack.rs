@@ -32,6 +32,8 @@ pub struct Options {
     pub request_ttl: Duration,
     /// `KBASE_REQUIRED_ROLES`.
     pub required_roles: &'static str,
+    /// `SLACK_MAX_POSTS_PER_SECOND`.
+    pub slack_pacing: Option<f64>,
 }
 
 impl Default for Options {
@@ -43,6 +45,7 @@ impl Default for Options {
             kbase_token_mode: false,
             request_ttl: Duration::from_secs(7 * 86_400),
             required_roles: "",
+            slack_pacing: None,
         }
     }
 }
@@ -57,6 +60,7 @@ pub struct Stack {
     pub interactor: SlackInteractor,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    slack_pacing: Option<f64>,
 }
 
 /// Settings of every service in a test stack; a short `ack_wait` makes a killed worker's
@@ -131,6 +135,7 @@ impl Stack {
             http: reqwest::Client::new(),
             shutdown,
             tasks: Vec::new(),
+            slack_pacing: opts.slack_pacing,
         };
         if opts.workers {
             stack.start_notifier();
@@ -152,6 +157,7 @@ impl Stack {
             worker: worker_args(),
             slack_bot: tars_common::config::SlackBotArgs::new(BOT_TOKEN, &self.slack.url()),
             slack_channel_id: Some(CHANNEL.into()),
+            slack_max_posts_per_second: self.slack_pacing,
         };
         let s = self.shutdown.clone();
         self.tasks.push(tokio::spawn(async move {

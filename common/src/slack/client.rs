@@ -49,6 +49,10 @@ pub struct SlackClient {
     token: Arc<str>,
     metrics: Metrics,
     paused_until: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Optional proactive pacing of posts (`SLACK_MAX_POSTS_PER_SECOND`): the time
+    /// between two posts to one channel, and the next free slot per channel.
+    post_interval: Option<Duration>,
+    next_post: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 #[derive(Deserialize)]
@@ -97,7 +101,39 @@ impl SlackClient {
             token: token.into(),
             metrics,
             paused_until: Arc::default(),
+            post_interval: None,
+            next_post: Arc::default(),
         }
+    }
+
+    /// Spaces posts to one channel at most `per_second` apart, so a burst waits its turn
+    /// instead of meeting Slack's 429s.
+    pub fn with_pacing(mut self, per_second: Option<f64>) -> Self {
+        self.post_interval = per_second
+            .filter(|r| *r > 0.0)
+            .map(|r| Duration::from_secs_f64(1.0 / r));
+        self
+    }
+
+    /// Waits for this post's slot under the pacing, or says how long to retry after when
+    /// the queue is longer than a handler should wait in place.
+    async fn pace(&self, channel: &str) -> Result<(), SlackError> {
+        let Some(interval) = self.post_interval else {
+            return Ok(());
+        };
+        let wait = {
+            let mut next = self.next_post.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let slot = next.get(channel).copied().unwrap_or(now).max(now);
+            let wait = slot - now;
+            if wait > MAX_INLINE_WAIT {
+                return Err(SlackError::RateLimited(wait - MAX_INLINE_WAIT));
+            }
+            next.insert(channel.to_owned(), slot + interval);
+            wait
+        };
+        tokio::time::sleep(wait).await;
+        Ok(())
     }
 
     /// Posts a new message; returns where it lives.
@@ -107,6 +143,7 @@ impl SlackClient {
         text: &str,
         blocks: &Value,
     ) -> Result<Posted, SlackError> {
+        self.pace(channel).await?;
         let body =
             json!({"channel": channel, "text": text, "blocks": blocks, "unfurl_links": false});
         let a = self.call("chat.postMessage", Some(channel), &body).await?;

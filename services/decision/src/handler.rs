@@ -149,14 +149,17 @@ impl Worker {
     pub async fn expire_stale(&self, ttl: Duration) -> Result<usize, StoreError> {
         let cutoff = now() - ttl;
         let mut expired = 0;
-        for rec in self.store.all().await? {
-            if rec.status != RequestStatus::Pending || rec.created_at > cutoff {
-                continue;
-            }
-            let (changed, _) = self
+        let stale = self
+            .store
+            .pending()
+            .await?
+            .into_iter()
+            .filter(|id| id.created_at().is_none_or(|t| t <= cutoff));
+        for id in stale {
+            let result = self
                 .store
-                .modify(&rec.request_id, |r| {
-                    if r.status != RequestStatus::Pending {
+                .modify(&id, |r| {
+                    if r.status != RequestStatus::Pending || r.created_at > cutoff {
                         return Change::Keep(false);
                     }
                     r.status = RequestStatus::Expired;
@@ -165,13 +168,19 @@ impl Worker {
                     r.decision_source = Some(Source::System);
                     Change::Write(true)
                 })
-                .await?;
+                .await;
+            let changed = match result {
+                Ok((changed, _)) => changed,
+                // An index entry whose record a crashed submission never wrote.
+                Err(StoreError::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            };
             if changed {
                 expired += 1;
                 self.metrics.requests.with_label_values(&["expired"]).inc();
-                let env = Envelope::new(rec.request_id.clone(), "tars", Event::RequestExpired {});
+                let env = Envelope::new(id.clone(), "tars", Event::RequestExpired {});
                 if let Err(e) = self.publisher.publish_transition(&env).await {
-                    tracing::warn!(error = %e, request_id = %rec.request_id, "expired, but the event was not published");
+                    tracing::warn!(error = %e, request_id = %id, "expired, but the event was not published");
                 }
             }
         }

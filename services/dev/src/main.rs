@@ -84,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         worker: worker_args(9091),
         slack_bot: tars_common::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
         slack_channel_id: Some(CHANNEL.into()),
+        slack_max_posts_per_second: None,
     };
     let decision = tars_decision::Args {
         common: CommonArgs::for_url(&url),

@@ -36,6 +36,10 @@ pub struct Args {
     /// The channel approvers watch.
     #[arg(long, env = "SLACK_CHANNEL_ID")]
     pub slack_channel_id: Option<String>,
+    /// Optional pacing of new messages per channel (Slack allows about 1/s with short
+    /// bursts); unset: post at once and let the shared 429 gate slow down.
+    #[arg(long, env = "SLACK_MAX_POSTS_PER_SECOND")]
+    pub slack_max_posts_per_second: Option<f64>,
 }
 
 /// Runs the notifier until `shutdown` fires.
@@ -64,7 +68,8 @@ pub async fn run(args: Args, metrics: Metrics, shutdown: CancellationToken) -> a
         &args.slack_bot.slack_api_url,
         token.as_deref().unwrap_or_default(),
         metrics.clone(),
-    );
+    )
+    .with_pacing(args.slack_max_posts_per_second);
     let conn = tars_common::service::connect(&args.common, "tars-notifier", metrics).await?;
     let worker = Worker::new(&conn, slack, args.slack_channel_id.unwrap_or_default());
     tars_common::service::run_worker(NOTIFIER, conn, worker, &args.worker, shutdown).await?;

@@ -21,6 +21,11 @@ pub enum Fault {
 struct Inner {
     queue: VecDeque<Fault>,
     latency: Duration,
+    /// At most this many calls per second pass; the rest get 429 (Slack's real behaviour
+    /// for bursts of `chat.postMessage`).
+    per_second: Option<usize>,
+    recent: VecDeque<std::time::Instant>,
+    rate_limited: usize,
 }
 
 /// The faults of one stand-in; cheap to clone.
@@ -58,11 +63,38 @@ impl Faults {
         self.lock().latency = d;
     }
 
+    /// At most `n` calls per second succeed; the others get 429 with `Retry-After: 1`.
+    pub fn limit_rate(&self, n: usize) {
+        self.lock().per_second = Some(n);
+    }
+
+    /// How many calls the rate limit refused.
+    pub fn rate_limited(&self) -> usize {
+        self.lock().rate_limited
+    }
+
     /// Applies latency, then the next fault if any, as the response to send instead.
     pub async fn apply(&self, rate_limited_body: serde_json::Value) -> Option<Response> {
         let (latency, fault) = {
             let mut g = self.lock();
-            (g.latency, g.queue.pop_front())
+            let mut fault = g.queue.pop_front();
+            if let (None, Some(limit)) = (&fault, g.per_second) {
+                let now = std::time::Instant::now();
+                while g
+                    .recent
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) >= Duration::from_secs(1))
+                {
+                    g.recent.pop_front();
+                }
+                if g.recent.len() >= limit {
+                    g.rate_limited += 1;
+                    fault = Some(Fault::RateLimited(1));
+                } else {
+                    g.recent.push_back(now);
+                }
+            }
+            (g.latency, fault)
         };
         if !latency.is_zero() {
             tokio::time::sleep(latency).await;

@@ -256,6 +256,7 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
                 worker: worker.clone(),
                 slack_bot: tars_common::config::SlackBotArgs::new("xoxb-bench", &slack.url()),
                 slack_channel_id: Some("C1".into()),
+                slack_max_posts_per_second: None,
             },
             Metrics::new(),
             stop.clone(),
