@@ -404,6 +404,10 @@ pub struct RequestRecord {
     /// A notifier's claim to post the first message.
     #[serde(default)]
     pub slack_claim: Option<SlackClaim>,
+    /// How long the access should last once applied, if the requester asked for
+    /// time-bound access (bounded by `MAX_ACCESS_DURATION`).
+    #[serde(default)]
+    pub access_duration_secs: Option<u64>,
 }
 
 impl RequestRecord {
@@ -436,6 +440,7 @@ impl RequestRecord {
             failure_reason: None,
             slack: None,
             slack_claim: None,
+            access_duration_secs: None,
         }
     }
 }

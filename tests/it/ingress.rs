@@ -606,3 +606,115 @@ async fn users_without_a_required_role_are_refused() {
         .await;
     assert_eq!(status, 202);
 }
+
+#[tokio::test]
+async fn a_duration_is_bounded_and_kept_on_the_record() {
+    let s = Stack::start(Options::default()).await;
+    for bad in ["0s", "91d", "soon"] {
+        let (status, body, _) = s
+            .post(
+                "/requests",
+                Some(USER_TOKEN),
+                json!({"tenant_name": "kbase", "duration": bad}),
+            )
+            .await;
+        assert_eq!(status, 422, "{bad}: {body}");
+        assert!(body["message"].as_str().unwrap().starts_with("duration"));
+    }
+    let (status, body, _) = s
+        .post(
+            "/requests",
+            Some(USER_TOKEN),
+            json!({"tenant_name": "kbase", "duration": "30d"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (_, rec) = s
+        .get(
+            &format!("/requests/{}", body["request_id"].as_str().unwrap()),
+            Some(USER_TOKEN),
+        )
+        .await;
+    assert_eq!(rec["access_duration_secs"], 30 * 86_400);
+}
+
+#[tokio::test]
+async fn nobody_decides_their_own_request() {
+    let s = Stack::start(Options::default()).await;
+    // bob is an admin and the Slack approver U_BOB.
+    let (status, body, _) = s
+        .post(
+            "/requests",
+            Some(ADMIN_TOKEN),
+            json!({"tenant_name": "mine"}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let id = body["request_id"].as_str().unwrap().to_owned();
+    let (status, body, _) = s
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": id}),
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let r = s
+        .interactor
+        .click(SLACK_APPROVER, "approve", &id, &s.slack.response_url())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    crate::support::eventually(crate::support::LONG, "the clicker told why", || async {
+        s.slack
+            .responses()
+            .iter()
+            .any(|r| {
+                r["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("your own request")
+            })
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        s.count_subject(&format!("tars.decision.requested.{id}"))
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn every_documented_route_is_served() {
+    let s = Stack::start(Options::default()).await;
+    let (_, doc) = s.get("/openapi.json", None).await;
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 15);
+    for (path, ops) in paths {
+        let concrete = path
+            .replace("{id}", "0190b3a4-0000-7000-8000-000000000000")
+            .replace("{seq}", "999");
+        for method in ops.as_object().unwrap().keys() {
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let r = s
+                .http
+                .request(m, format!("{}{concrete}", s.base))
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            assert!(
+                !(status == 404 && body["message"] == "route not found") && status != 405,
+                "{method} {path} is documented but not served ({status})"
+            );
+        }
+    }
+    let (status, body) = s.get("/no/such/route", None).await;
+    assert_eq!(
+        (status, body["message"].as_str().unwrap()),
+        (404, "route not found")
+    );
+}

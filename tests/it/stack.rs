@@ -95,14 +95,8 @@ impl Stack {
         governance.allow_any_group(true);
         let ingress_metrics = Metrics::new();
         let args = tars_ingress::Args {
-            common: common(&nats.server.url()),
-            listen_addr: ([127, 0, 0, 1], 0).into(),
-            kbase_auth_url: kbase.url(),
-            kbase_admin_roles: "CDM_JUPYTERHUB_ADMIN".into(),
             kbase_required_roles: opts.required_roles.into(),
-            kbase_cache_ttl: Duration::from_secs(300),
             slack_signing_secret: Some(SIGNING_SECRET.into()),
-            slack_signing_secret_file: None,
             slack_approval_mode: if opts.kbase_token_mode {
                 "kbase-token"
             } else {
@@ -111,10 +105,10 @@ impl Stack {
             .into(),
             slack_approvers: format!("{SLACK_APPROVER}:bob"),
             slack_bot: tars_common::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
-
             submit_rate_per_minute: opts.submit_rate,
             max_open_requests_per_user: opts.max_open,
             request_timeout: Duration::from_secs(10),
+            ..tars_ingress::Args::local(common(&nats.server.url()), &kbase.url(), &slack.url())
         };
         let app = tars_ingress::Application::build(args, ingress_metrics)
             .await

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use tars_common::config::{CommonArgs, WorkerArgs};
+use tars_common::config::{CommonArgs, SlackBotArgs, WorkerArgs};
 use tars_common::metrics::Metrics;
 use tars_testkit::standin::{governance::FakeGovernance, kbase::FakeKbase, slack::FakeSlack};
 use tokio::task::JoinHandle;
@@ -63,26 +63,16 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = tars_common::shutdown::on_signal();
     let url = server.url();
     let ingress = tars_ingress::Args {
-        common: CommonArgs::for_url(&url),
         listen_addr: ([127, 0, 0, 1], args.port).into(),
-        kbase_auth_url: kbase.url(),
-        kbase_admin_roles: "CDM_JUPYTERHUB_ADMIN".into(),
-        kbase_required_roles: String::new(),
-        kbase_cache_ttl: Duration::from_secs(300),
         slack_signing_secret: Some(SIGNING_SECRET.into()),
-        slack_signing_secret_file: None,
-        slack_approval_mode: "allowlist".into(),
         slack_approvers: "U_ADMIN:bob".into(),
-        slack_bot: tars_common::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
-
-        submit_rate_per_minute: 10,
-        max_open_requests_per_user: 20,
-        request_timeout: Duration::from_secs(15),
+        slack_bot: SlackBotArgs::new(BOT_TOKEN, &slack.url()),
+        ..tars_ingress::Args::local(CommonArgs::for_url(&url), &kbase.url(), &slack.url())
     };
     let notifier = tars_notifier::Args {
         common: CommonArgs::for_url(&url),
         worker: worker_args(9091),
-        slack_bot: tars_common::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
+        slack_bot: SlackBotArgs::new(BOT_TOKEN, &slack.url()),
         slack_channel_id: Some(CHANNEL.into()),
         slack_max_posts_per_second: None,
     };

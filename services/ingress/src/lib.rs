@@ -103,9 +103,40 @@ pub struct Args {
     /// Most open (pending) requests per user.
     #[arg(long, env = "MAX_OPEN_REQUESTS_PER_USER", default_value_t = 20)]
     pub max_open_requests_per_user: usize,
+    /// Longest time-bound access a request may ask for (`duration`).
+    #[arg(long, env = "MAX_ACCESS_DURATION", default_value = "90d", value_parser = parse_duration)]
+    pub max_access_duration: Duration,
     /// Longest time one HTTP request may take.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+}
+
+impl Args {
+    /// The defaults, listening on a free loopback port, for an ingress configured from code
+    /// (`tars-dev`, tests, benchmarks); set the Slack fields to enable `/slack/interact`.
+    pub fn local(common: CommonArgs, kbase_auth_url: &str, slack_api_url: &str) -> Self {
+        Self {
+            common,
+            listen_addr: ([127, 0, 0, 1], 0).into(),
+            kbase_auth_url: kbase_auth_url.to_owned(),
+            kbase_admin_roles: "CDM_JUPYTERHUB_ADMIN".into(),
+            kbase_required_roles: String::new(),
+            kbase_cache_ttl: Duration::from_secs(300),
+            slack_signing_secret: None,
+            slack_signing_secret_file: None,
+            slack_approval_mode: "allowlist".into(),
+            slack_approvers: String::new(),
+            slack_bot: tars_common::config::SlackBotArgs {
+                slack_bot_token: None,
+                slack_bot_token_file: None,
+                slack_api_url: slack_api_url.to_owned(),
+            },
+            submit_rate_per_minute: 10,
+            max_open_requests_per_user: 20,
+            max_access_duration: Duration::from_secs(90 * 86_400),
+            request_timeout: Duration::from_secs(15),
+        }
+    }
 }
 
 fn csv(s: &str) -> Vec<String> {
@@ -222,6 +253,7 @@ impl Application {
             }),
             limiter: Arc::new(RateLimiter::new(args.submit_rate_per_minute)),
             max_open: args.max_open_requests_per_user,
+            max_access_duration: args.max_access_duration,
             metrics,
             client: conn.client.clone(),
         };

@@ -49,6 +49,8 @@ pub struct AppState {
     pub limiter: Arc<RateLimiter>,
     /// Most open requests per user.
     pub max_open: usize,
+    /// Longest access a request may ask for.
+    pub max_access_duration: std::time::Duration,
     /// The process's metrics.
     pub metrics: Metrics,
     /// The NATS connection, for readiness.

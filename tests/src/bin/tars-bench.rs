@@ -223,21 +223,11 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
     governance.allow_any_group(true);
     let stop = CancellationToken::new();
     let args = tars_ingress::Args {
-        common: common(&server.url()),
-        listen_addr: ([127, 0, 0, 1], 0).into(),
-        kbase_auth_url: kbase.url(),
-        kbase_admin_roles: "CDM_JUPYTERHUB_ADMIN".into(),
-        kbase_required_roles: String::new(),
         kbase_cache_ttl: Duration::from_secs(600),
         slack_signing_secret: Some("s".into()),
-        slack_signing_secret_file: None,
-        slack_approval_mode: "allowlist".into(),
         slack_approvers: "U1:benchadmin".into(),
         slack_bot: tars_common::config::SlackBotArgs::new("xoxb-bench", &slack.url()),
-
-        submit_rate_per_minute: 10,
-        max_open_requests_per_user: 20,
-        request_timeout: Duration::from_secs(15),
+        ..tars_ingress::Args::local(common(&server.url()), &kbase.url(), &slack.url())
     };
     let app = tars_ingress::Application::build(args, Metrics::new())
         .await

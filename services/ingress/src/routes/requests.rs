@@ -75,17 +75,24 @@ pub async fn submit(
         Some(p) => p.parse()?,
     };
     let justification = Justification::parse(body.justification.as_deref().unwrap_or(""))?;
-    if let Some(d) = body.duration.as_deref() {
-        tars_common::config::parse_duration(d).map_err(|m| {
-            ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation_error",
-                format!("duration: {m}"),
-            )
-        })?;
-    }
+    let duration = match body.duration.as_deref() {
+        None => None,
+        Some(d) => Some(access_duration(d, st.max_access_duration)?),
+    };
     let requester = user.username;
     let slot = open_slot(&tenant, permission);
+    let new_record = |id: RequestId| {
+        let mut r = RequestRecord::new_pending(
+            id,
+            requester.clone(),
+            tenant.clone(),
+            permission,
+            justification.clone(),
+            now(),
+        );
+        r.access_duration_secs = duration.map(|d| d.as_secs());
+        r
+    };
     let mut took_token = false;
     for _ in 0..100 {
         let idx = st.store.open_index(&requester).await?;
@@ -126,14 +133,7 @@ pub async fn submit(
                 }
                 None => {
                     // The index names an id whose record was never written: finish it.
-                    let rec = RequestRecord::new_pending(
-                        id,
-                        requester.clone(),
-                        tenant.clone(),
-                        permission,
-                        justification.clone(),
-                        now(),
-                    );
+                    let rec = new_record(id);
                     return create_and_publish(&st, rec).await;
                 }
             }
@@ -164,20 +164,42 @@ pub async fn submit(
             .write_open_index(&requester, &open, revision)
             .await?
         {
-            let rec = RequestRecord::new_pending(
-                id,
-                requester.clone(),
-                tenant.clone(),
-                permission,
-                justification.clone(),
-                now(),
-            );
+            let rec = new_record(id);
             return create_and_publish(&st, rec).await;
         }
     }
     Err(ApiError::unavailable(
         "too many concurrent submissions; try again",
     ))
+}
+
+/// A requested access duration: humantime, more than zero, at most `max`.
+fn access_duration(raw: &str, max: std::time::Duration) -> Result<std::time::Duration, ApiError> {
+    let invalid = |m: String| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+            format!("duration: {m}"),
+        )
+    };
+    let d = tars_common::config::parse_duration(raw).map_err(invalid)?;
+    if d.is_zero() || d > max {
+        return Err(invalid(format!(
+            "must be more than 0 and at most {}",
+            humantime_like(max)
+        )));
+    }
+    Ok(d)
+}
+
+fn humantime_like(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 async fn create_and_publish(st: &AppState, rec: RequestRecord) -> Result<Response, ApiError> {
