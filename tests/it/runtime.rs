@@ -486,7 +486,11 @@ async fn worker_probes_serve_metrics_liveness_and_readiness() {
         }
     };
     assert_eq!(get("/livez").await.0, 200);
-    assert_eq!(get("/readyz").await.0, 200);
+    // The probe's client connects in the background; readiness follows the connection.
+    eventually(LONG, "ready", || async {
+        (get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
     let (status, text) = get("/metrics").await;
     assert_eq!(status, 200);
     assert!(

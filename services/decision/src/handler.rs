@@ -15,6 +15,9 @@ pub struct Worker {
     store: RequestStore,
     publisher: EventPublisher,
     metrics: Metrics,
+    /// Expiry events whose publish failed after the record changed; the next sweep
+    /// publishes them (their `Nats-Msg-Id` keeps each once).
+    unpublished: std::sync::Mutex<Vec<Envelope>>,
 }
 
 enum Verdict {
@@ -43,6 +46,7 @@ impl Worker {
             store: RequestStore::new(conn.topology.requests.clone()),
             publisher: EventPublisher::new(conn.topology.js.clone(), conn.metrics.clone()),
             metrics: conn.metrics.clone(),
+            unpublished: std::sync::Mutex::default(),
         }
     }
 
@@ -149,6 +153,16 @@ impl Worker {
     pub async fn expire_stale(&self, ttl: Duration) -> Result<usize, StoreError> {
         let cutoff = now() - ttl;
         let mut expired = 0;
+        let retry: Vec<Envelope> =
+            std::mem::take(&mut *self.unpublished.lock().unwrap_or_else(|p| p.into_inner()));
+        for env in retry {
+            if self.publisher.publish_transition(&env).await.is_err() {
+                self.unpublished
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(env);
+            }
+        }
         let stale = self
             .store
             .pending()
@@ -180,7 +194,12 @@ impl Worker {
                 self.metrics.requests.with_label_values(&["expired"]).inc();
                 let env = Envelope::new(id.clone(), "tars", Event::RequestExpired {});
                 if let Err(e) = self.publisher.publish_transition(&env).await {
-                    tracing::warn!(error = %e, request_id = %id, "expired, but the event was not published");
+                    // The record says expired; the event goes out on the next sweep.
+                    tracing::warn!(error = %e, request_id = %id, "expired, but the event was not published yet");
+                    self.unpublished
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(env);
                 }
             }
         }

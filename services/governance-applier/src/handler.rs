@@ -115,7 +115,17 @@ impl Worker {
         };
         match rec.status {
             RequestStatus::Approved | RequestStatus::Failed => {}
-            RequestStatus::Applied => return Outcome::Ack,
+            RequestStatus::Applied => {
+                // Granted already; the event may not have gone out if the last attempt
+                // died between the record and the publish: publish again (same
+                // Nats-Msg-Id, so the stream keeps one).
+                let group = rec.permission.group_for(&rec.tenant_name);
+                let env = Envelope::new(id.clone(), "tars", Event::RequestApplied { group });
+                return match self.publisher.publish_transition(&env).await {
+                    Ok(_) => Outcome::Ack,
+                    Err(e) => Outcome::retry(e.to_string()),
+                };
+            }
             RequestStatus::Pending => return Outcome::retry("the record is not approved yet"),
             other => {
                 tracing::info!(status = %other, "approved event for a request that is now {other}: nothing to apply");

@@ -335,20 +335,24 @@ pub async fn cancel(
             Change::Write(Ok(()))
         })
         .await?;
+    let cancelled = Envelope::new(
+        rec.request_id.clone(),
+        user.username.to_string(),
+        Event::RequestCancelled {},
+    );
     if let Err(status) = outcome {
+        if status == RequestStatus::Cancelled {
+            // A retry after a failed publish: make sure the event went out (the stream
+            // drops it if it did), then say it is cancelled already.
+            st.publisher.publish_transition(&cancelled).await?;
+        }
         return Err(ApiError::conflict(format!(
             "request {} is already {status}",
             rec.request_id
         )));
     }
     st.metrics.requests.with_label_values(&["cancelled"]).inc();
-    st.publisher
-        .publish_transition(&Envelope::new(
-            rec.request_id.clone(),
-            user.username.to_string(),
-            Event::RequestCancelled {},
-        ))
-        .await?;
+    st.publisher.publish_transition(&cancelled).await?;
     Ok(Json(json!({
         "request_id": rec.request_id,
         "status": "cancelled",
