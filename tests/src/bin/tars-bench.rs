@@ -2,7 +2,7 @@
 //! JetStream operation it is built on, measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p tars-tests --bin tars-bench -- [worker|ingress|e2e|all]
+//! cargo run --release -p tars-tests --bin tars-bench -- [worker|ingress|slow-slack|e2e|all]
 //! ```
 //!
 //! Every submission is a new request from a distinct user for a distinct tenant, so no
@@ -302,8 +302,15 @@ function request()
 end
 "#;
 
-async fn bench_ingress(fsync: bool) {
-    let s = stack(false, fsync).await;
+/// `slow_slack`: the workers run too, against a Slack that takes 100 ms per call, to show
+/// that submissions never wait for Slack (the service TARS replaces posted to Slack inside
+/// the request).
+async fn bench_ingress(fsync: bool, slow_slack: bool) {
+    let s = stack(slow_slack, fsync).await;
+    if slow_slack {
+        s.slack.faults().set_latency(Duration::from_millis(100));
+        println!("ingress: with the workers running and Slack answering in 100 ms");
+    }
     println!(
         "ingress: nats-server with {}",
         if fsync {
@@ -548,9 +555,12 @@ async fn main() {
     if which == "worker" || which == "all" {
         bench_worker().await;
     }
+    if which == "slow-slack" || which == "all" {
+        bench_ingress(false, true).await;
+    }
     for fsync in [true, false] {
         if which == "ingress" || which == "all" {
-            bench_ingress(fsync).await;
+            bench_ingress(fsync, false).await;
         }
         if which == "e2e" || which == "all" {
             bench_e2e(fsync).await;
