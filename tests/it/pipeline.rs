@@ -515,3 +515,33 @@ async fn paced_posting_avoids_slack_rate_limits() {
         "paced under the limit, no 429"
     );
 }
+
+#[tokio::test]
+async fn events_racing_the_first_post_still_give_one_message() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    // Slack is slow, so the approval's events arrive while the first post is in flight.
+    s.slack.faults().set_latency(Duration::from_millis(700));
+    let id = s.submit("racing", "read_only").await;
+    let (status, _, _) = s
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": id}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_status(&s, &id, "applied").await;
+    wait_message(&s, &id, "access granted").await;
+    let posts = s
+        .slack
+        .calls()
+        .iter()
+        .filter(|(m, _)| m == "chat.postMessage")
+        .count();
+    assert_eq!(posts, 1, "one post for one request");
+    assert_eq!(s.slack.messages().len(), 1);
+}

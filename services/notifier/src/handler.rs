@@ -13,15 +13,19 @@ use tars_common::slack::{SlackClient, SlackError, blocks};
 use tars_common::store::{Change, RequestStore, StoreError};
 use tars_common::worker::{Delivery, Handler, Outcome};
 
-/// A claim older than this is taken over (its replica probably crashed mid-post).
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(60);
+/// A claim older than this is taken over (its holder probably crashed mid-post); longer
+/// than a post can take (the Slack client's timeout plus an in-place rate-limit wait).
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Numbers this process's posting attempts, so each claim names one attempt.
+static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The notifier's handler.
 pub struct Worker {
     store: RequestStore,
     slack: SlackClient,
     channel: String,
-    /// This process's identity in posting claims.
+    /// This process's identity; each posting attempt claims as `<me>.<n>`.
     me: String,
 }
 
@@ -63,7 +67,7 @@ impl Worker {
         }
     }
 
-    async fn show(&self, id: &RequestId) -> Outcome {
+    async fn show(&self, id: &RequestId, delivered: u64) -> Outcome {
         let rec = match self.store.get(id).await {
             Ok(Some(v)) => v.value,
             Ok(None) => return store_outcome(StoreError::NotFound(id.clone())),
@@ -72,7 +76,13 @@ impl Worker {
         if let Some(msg) = &rec.slack {
             return self.update(msg, &rec).await;
         }
-        let me = self.me.clone();
+        // One claim per attempt, not per process: two events of one request handled at
+        // once by the same replica must not both post.
+        let me = format!(
+            "{}.{}",
+            self.me,
+            ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let claimed = self
             .store
             .modify(id, |r| {
@@ -81,11 +91,12 @@ impl Worker {
                 }
                 if let Some(c) = &r.slack_claim {
                     let age = (now() - c.at).unsigned_abs();
-                    if c.by != me && age < CLAIM_TIMEOUT {
+                    if age < CLAIM_TIMEOUT {
+                        // Usually the holder finishes in moments; if it crashed, the
+                        // growing waits reach the claim's end within a few deliveries.
+                        let wait = Duration::from_secs(2 * delivered.max(1));
                         return Change::Keep(Claim::Busy(
-                            CLAIM_TIMEOUT
-                                .saturating_sub(age)
-                                .min(Duration::from_secs(5)),
+                            CLAIM_TIMEOUT.saturating_sub(age).min(wait),
                         ));
                     }
                 }
@@ -115,7 +126,10 @@ impl Worker {
         let (text, blocks) = blocks::render(&rec);
         let posted = match self.slack.post_message(&self.channel, &text, &blocks).await {
             Ok(p) => p,
-            Err(e) => return slack_outcome(e),
+            Err(e) => {
+                self.release(id, &me).await;
+                return slack_outcome(e);
+            }
         };
         let msg = SlackMessageRef {
             channel: posted.channel,
@@ -137,6 +151,21 @@ impl Worker {
             Ok(_) => Outcome::Ack,
             Err(e) => store_outcome(e),
         }
+    }
+
+    /// Gives up a claim after a failed post, so the retry (by any replica) need not wait
+    /// for it to time out. Best effort: a claim left behind only delays the retry.
+    async fn release(&self, id: &RequestId, claim: &str) {
+        let _ = self
+            .store
+            .modify(id, |r| match &r.slack_claim {
+                Some(c) if c.by == claim => {
+                    r.slack_claim = None;
+                    Change::Write(())
+                }
+                _ => Change::Keep(()),
+            })
+            .await;
     }
 
     async fn update(&self, msg: &SlackMessageRef, rec: &RequestRecord) -> Outcome {
@@ -163,6 +192,7 @@ fn replica_id() -> String {
 
 impl Handler for Worker {
     async fn handle(&self, delivery: Delivery) -> Outcome {
-        self.show(&delivery.envelope.request_id).await
+        self.show(&delivery.envelope.request_id, delivery.delivered)
+            .await
     }
 }
