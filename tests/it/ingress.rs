@@ -718,3 +718,40 @@ async fn every_documented_route_is_served() {
         (404, "route not found")
     );
 }
+
+#[tokio::test]
+async fn listings_page_with_a_cursor() {
+    let s = Stack::start(Options::default()).await;
+    let mut ids = Vec::new();
+    for t in ["p1", "p2", "p3"] {
+        ids.push(s.submit(t, "read_only").await);
+    }
+    ids.reverse(); // newest first
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/requests?limit=2&cursor={c}"),
+            None => "/requests?limit=2".to_owned(),
+        };
+        let (status, page) = s.get(&path, Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200, "{page}");
+        for r in page["requests"].as_array().unwrap() {
+            seen.push(r["request_id"].as_str().unwrap().to_owned());
+        }
+        match page["next"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    let (_, pending) = s
+        .get(
+            "/requests?status=pending&requester=alice",
+            Some(ADMIN_TOKEN),
+        )
+        .await;
+    assert_eq!(pending["requests"].as_array().unwrap().len(), 3);
+    let (status, _) = s.get("/requests?status=bogus", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 422);
+}
