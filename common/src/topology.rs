@@ -42,6 +42,10 @@ pub const GOVERNANCE_APPLIER: WorkerKind = WorkerKind {
 /// All three workers.
 pub const WORKERS: [WorkerKind; 3] = [NOTIFIER, DECISION, GOVERNANCE_APPLIER];
 
+/// How long a `Nats-Msg-Id` is remembered: longer than Slack's 5-minute signature window,
+/// so a replayed signed click (or a client retry after a 503) can never publish twice.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
+
 /// The knobs of the topology; everything else is fixed by the design.
 #[derive(Debug, Clone)]
 pub struct TopologyConfig {
@@ -110,7 +114,7 @@ fn stream_config(name: &str, subjects: &[&str], cfg: &TopologyConfig) -> stream:
         retention: stream::RetentionPolicy::Limits,
         storage: stream::StorageType::File,
         max_age: cfg.events_max_age,
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: DUPLICATE_WINDOW,
         num_replicas: cfg.replicas,
         ..Default::default()
     }

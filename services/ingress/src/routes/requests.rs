@@ -63,7 +63,7 @@ fn answer(r: &RequestRecord, message: String) -> SubmitAnswer {
 /// create-only, (3) `request.submitted` is published with `Nats-Msg-Id:
 /// <id>.request.submitted`. A failure after (1) or (2) answers 503; the client's retry
 /// finds the id in the index, completes whatever is missing and republishes (a no-op for
-/// the stream inside the 2-minute duplicate window), so nothing is lost or stuck.
+/// the stream inside the 10-minute duplicate window), so nothing is lost or stuck.
 pub async fn submit(
     State(st): State<AppState>,
     Caller(user): Caller,
