@@ -1,7 +1,7 @@
 //! The ingress against a real nats-server and the KBase stand-in.
 
 use serde_json::json;
-use tars_common::topology::EVENTS_STREAM;
+use tars_jetstream::topology::EVENTS_STREAM;
 use tars_testkit::standin::interact::{block_actions_body, now};
 
 use crate::stack::*;

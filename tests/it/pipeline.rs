@@ -285,7 +285,7 @@ async fn stopping_the_applier_mid_run_loses_nothing_and_applies_nothing_twice() 
     s.start_decision(Duration::from_secs(86_400));
     s.governance.faults().set_latency(Duration::from_millis(40));
     let stop = tokio_util::sync::CancellationToken::new();
-    let first = s.spawn_applier(stop.clone(), tars_common::metrics::Metrics::new());
+    let first = s.spawn_applier(stop.clone(), tars_observability::metrics::Metrics::new());
     let ids = s.submit_and_approve_many(50).await;
     eventually(E2E, "some grants", || async {
         (s.governance.add_calls() >= 5).then_some(())
@@ -298,7 +298,7 @@ async fn stopping_the_applier_mid_run_loses_nothing_and_applies_nothing_twice() 
         done_before_restart < 50,
         "stopped mid-run ({done_before_restart} done)"
     );
-    let _second = s.spawn_applier(s_shutdown(&s), tars_common::metrics::Metrics::new());
+    let _second = s.spawn_applier(s_shutdown(&s), tars_observability::metrics::Metrics::new());
     all_applied(&s, &ids).await;
     let posts: Vec<_> = s
         .governance
@@ -320,14 +320,14 @@ async fn two_applier_replicas_share_two_hundred_approvals() {
     s.start_decision(Duration::from_secs(86_400));
     s.governance.faults().set_latency(Duration::from_millis(5));
     let (ma, mb) = (
-        tars_common::metrics::Metrics::new(),
-        tars_common::metrics::Metrics::new(),
+        tars_observability::metrics::Metrics::new(),
+        tars_observability::metrics::Metrics::new(),
     );
     let _a = s.spawn_applier(s_shutdown(&s), ma.clone());
     let _b = s.spawn_applier(s_shutdown(&s), mb.clone());
     let ids = s.submit_and_approve_many(200).await;
     all_applied(&s, &ids).await;
-    let acks = |m: &tars_common::metrics::Metrics| {
+    let acks = |m: &tars_observability::metrics::Metrics| {
         m.worker_messages
             .with_label_values(&["governance-applier", "ack"])
             .get()
@@ -365,7 +365,8 @@ async fn a_killed_applier_loses_nothing_and_grants_each_request_once() {
     doomed.spawn(async move {
         let never = tokio_util::sync::CancellationToken::new();
         let _ =
-            tars_governance_applier::run(args, tars_common::metrics::Metrics::new(), never).await;
+            tars_governance_applier::run(args, tars_observability::metrics::Metrics::new(), never)
+                .await;
     });
     let ids = s.submit_and_approve_many(50).await;
     eventually(E2E, "some grants", || async {
@@ -374,7 +375,7 @@ async fn a_killed_applier_loses_nothing_and_grants_each_request_once() {
     .await;
     doomed.shutdown_background();
     assert!(s.governance.add_calls() < 50, "killed mid-run");
-    let _again = s.spawn_applier(s_shutdown(&s), tars_common::metrics::Metrics::new());
+    let _again = s.spawn_applier(s_shutdown(&s), tars_observability::metrics::Metrics::new());
     all_applied(&s, &ids).await;
     assert_eq!(s.governance.add_calls(), 50, "each membership granted once");
     for i in 0..50 {

@@ -5,9 +5,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use tars_common::metrics::Metrics;
-use tars_common::topology::{DLQ_STREAM, NOTIFIER, Topology, TopologyConfig};
-use tars_common::worker::{self, Delivery, Handler, Outcome, RetryPolicy, WorkerConfig};
+use tars_jetstream::topology::{DLQ_STREAM, NOTIFIER, Topology, TopologyConfig};
+use tars_jetstream::worker::{self, Delivery, Handler, Outcome, RetryPolicy, WorkerConfig};
+use tars_observability::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{LONG, Nats, eventually, submitted};
@@ -469,15 +469,19 @@ async fn worker_probes_serve_metrics_liveness_and_readiness() {
     .await;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let client = tars_common::nats::connect(&nats.server.url(), None, "probe")
+    let client = tars_jetstream::nats::connect(&nats.server.url(), None, "probe")
         .await
         .unwrap();
     let stop = CancellationToken::new();
-    let probe = tars_common::health::Probe {
+    let probe = tars_observability::health::Probe {
         metrics: w.metrics.clone(),
-        client,
+        ready: tars_jetstream::nats::readiness(&client),
     };
-    let served = tokio::spawn(tars_common::health::serve(listener, probe, stop.clone()));
+    let served = tokio::spawn(tars_observability::health::serve(
+        listener,
+        probe,
+        stop.clone(),
+    ));
     let get = |path: &'static str| {
         let base = base.clone();
         async move {

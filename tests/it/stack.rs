@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tars_common::config::{CommonArgs, WorkerArgs};
-use tars_common::metrics::Metrics;
+use tars_jetstream::config::{CommonArgs, WorkerArgs};
+use tars_observability::metrics::Metrics;
 use tars_testkit::standin::governance::FakeGovernance;
 use tars_testkit::standin::interact::SlackInteractor;
 use tars_testkit::standin::kbase::FakeKbase;
@@ -104,7 +104,7 @@ impl Stack {
             }
             .into(),
             slack_approvers: format!("{SLACK_APPROVER}:bob"),
-            slack_bot: tars_common::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
+            slack_bot: tars_slack::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
             submit_rate_per_minute: opts.submit_rate,
             max_open_requests_per_user: opts.max_open,
             request_timeout: Duration::from_secs(10),
@@ -149,7 +149,7 @@ impl Stack {
         let args = tars_notifier::Args {
             common: common(&self.nats.server.url()),
             worker: worker_args(),
-            slack_bot: tars_common::config::SlackBotArgs::new(BOT_TOKEN, &self.slack.url()),
+            slack_bot: tars_slack::config::SlackBotArgs::new(BOT_TOKEN, &self.slack.url()),
             slack_channel_id: Some(CHANNEL.into()),
             slack_max_posts_per_second: self.slack_pacing,
         };
@@ -288,7 +288,7 @@ impl Stack {
             .nats
             .topology
             .js
-            .get_stream(tars_common::topology::EVENTS_STREAM)
+            .get_stream(tars_jetstream::topology::EVENTS_STREAM)
             .await
             .unwrap();
         let info = s.info_with_subjects(subject).await.unwrap();

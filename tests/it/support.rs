@@ -2,10 +2,11 @@
 
 use std::time::Duration;
 
-use tars_common::domain::{RequestId, TenantName, Username};
-use tars_common::events::{Envelope, Event, EventPublisher};
-use tars_common::metrics::Metrics;
-use tars_common::topology::{self, Topology, TopologyConfig};
+use tars_domain::events::{Envelope, Event};
+use tars_domain::{RequestId, TenantName, Username};
+use tars_jetstream::publish::EventPublisher;
+use tars_jetstream::topology::{self, Topology, TopologyConfig};
+use tars_observability::metrics::Metrics;
 use tars_testkit::NatsServer;
 
 pub use tars_tests::eventually;
@@ -23,7 +24,7 @@ impl Nats {
 
     pub async fn start_with(cfg: TopologyConfig) -> Self {
         let server = NatsServer::start().expect("start nats-server");
-        let client = tars_common::nats::connect(&server.url(), None, "test")
+        let client = tars_jetstream::nats::connect(&server.url(), None, "test")
             .await
             .unwrap();
         let topology = topology::ensure(&client, &cfg).await.unwrap();

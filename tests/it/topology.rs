@@ -1,6 +1,6 @@
 //! The JetStream topology and the publish path.
 
-use tars_common::topology::{self, DLQ_STREAM, EVENTS_STREAM, TopologyConfig, WORKERS};
+use tars_jetstream::topology::{self, DLQ_STREAM, EVENTS_STREAM, TopologyConfig, WORKERS};
 use tars_testkit::NatsServer;
 
 use crate::support::{Nats, submitted};
@@ -9,10 +9,10 @@ use crate::support::{Nats, submitted};
 async fn topology_declared_twice_in_parallel_is_the_same() {
     let server = NatsServer::start().unwrap();
     let cfg = TopologyConfig::default();
-    let a = tars_common::nats::connect(&server.url(), None, "a")
+    let a = tars_jetstream::nats::connect(&server.url(), None, "a")
         .await
         .unwrap();
-    let b = tars_common::nats::connect(&server.url(), None, "b")
+    let b = tars_jetstream::nats::connect(&server.url(), None, "b")
         .await
         .unwrap();
     let (ra, rb) = tokio::join!(topology::ensure(&a, &cfg), topology::ensure(&b, &cfg));
@@ -49,7 +49,7 @@ async fn topology_declared_twice_in_parallel_is_the_same() {
 #[tokio::test]
 async fn a_server_without_jetstream_gets_a_clear_error() {
     let server = NatsServer::start_without_jetstream().unwrap();
-    let client = tars_common::nats::connect(&server.url(), None, "t")
+    let client = tars_jetstream::nats::connect(&server.url(), None, "t")
         .await
         .unwrap();
     let err = topology::ensure(&client, &TopologyConfig::default())
@@ -76,7 +76,7 @@ async fn the_same_msg_id_twice_is_stored_once() {
 #[tokio::test]
 async fn a_three_node_cluster_takes_the_replicated_topology() {
     let cluster = tars_testkit::NatsCluster::start().unwrap();
-    let client = tars_common::nats::connect(&cluster.url(), None, "cluster")
+    let client = tars_jetstream::nats::connect(&cluster.url(), None, "cluster")
         .await
         .unwrap();
     let cfg = TopologyConfig {
@@ -93,9 +93,9 @@ async fn a_three_node_cluster_takes_the_replicated_topology() {
     let mut events = topo.js.get_stream(EVENTS_STREAM).await.unwrap();
     let info = events.info().await.unwrap();
     assert_eq!(info.config.num_replicas, 3);
-    let publisher = tars_common::events::EventPublisher::new(
+    let publisher = tars_jetstream::publish::EventPublisher::new(
         topo.js.clone(),
-        tars_common::metrics::Metrics::new(),
+        tars_observability::metrics::Metrics::new(),
     );
     publisher.publish_transition(&submitted(7)).await.unwrap();
     assert_eq!(events.info().await.unwrap().state.messages, 1);

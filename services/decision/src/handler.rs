@@ -2,12 +2,13 @@
 
 use std::time::Duration;
 
-use tars_common::domain::{RequestId, RequestStatus, Source, Username, now};
-use tars_common::events::{Decision, Envelope, Event, EventPublisher};
-use tars_common::metrics::Metrics;
-use tars_common::service::Connected;
-use tars_common::store::{Change, RequestStore, StoreError};
-use tars_common::worker::{Delivery, Handler, Outcome};
+use tars_domain::events::{Decision, Envelope, Event};
+use tars_domain::{RequestId, RequestStatus, Source, Username, now};
+use tars_jetstream::publish::EventPublisher;
+use tars_jetstream::service::Connected;
+use tars_jetstream::store::{Change, RequestStore, StoreError};
+use tars_jetstream::worker::{Delivery, Handler, Outcome};
+use tars_observability::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 /// The decision worker's handler.

@@ -10,10 +10,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use tars_common::config::{CommonArgs, WorkerArgs, parse_duration};
-use tars_common::metrics::Metrics;
-use tars_common::service::{self, ServiceError};
-use tars_common::topology::DECISION;
+use tars_domain::duration::parse_duration;
+use tars_jetstream::config::{CommonArgs, WorkerArgs};
+use tars_jetstream::service::{self, ServiceError};
+use tars_jetstream::topology::DECISION;
+use tars_observability::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 pub use handler::Worker;

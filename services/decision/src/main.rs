@@ -6,7 +6,7 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let args = tars_decision::Args::parse();
     args.common.init_logging();
-    let shutdown = tars_common::shutdown::on_signal();
-    tars_decision::run(args, tars_common::metrics::Metrics::new(), shutdown).await?;
+    let shutdown = tars_observability::shutdown::on_signal();
+    tars_decision::run(args, tars_observability::metrics::Metrics::new(), shutdown).await?;
     Ok(())
 }

@@ -8,8 +8,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use tars_common::config::{CommonArgs, SlackBotArgs, WorkerArgs};
-use tars_common::metrics::Metrics;
+use tars_jetstream::config::{CommonArgs, WorkerArgs};
+use tars_observability::metrics::Metrics;
+use tars_slack::config::SlackBotArgs;
 use tars_testkit::standin::{governance::FakeGovernance, kbase::FakeKbase, slack::FakeSlack};
 use tokio::task::JoinHandle;
 
@@ -48,7 +49,7 @@ fn worker_args(port: u16) -> WorkerArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tars_common::telemetry::init("info", "text");
+    tars_observability::telemetry::init("info", "text");
     let data = std::path::absolute(&args.data)?;
     let server = tars_testkit::NatsServer::start_persistent(data.join("nats"), args.nats_port)?;
     let kbase = FakeKbase::start_on(args.standin_port).await;
@@ -60,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
     let ingress_url = format!("http://127.0.0.1:{}", args.port);
     slack.set_interaction_target(&ingress_url, SIGNING_SECRET);
 
-    let shutdown = tars_common::shutdown::on_signal();
+    let shutdown = tars_observability::shutdown::on_signal();
     let url = server.url();
     let ingress = tars_ingress::Args {
         listen_addr: ([127, 0, 0, 1], args.port).into(),

@@ -1,12 +1,13 @@
 //! Grants an approved request in the governance API and records the outcome.
 
-use tars_common::domain::{RequestId, RequestStatus, now};
-use tars_common::events::{Envelope, Event, EventPublisher};
-use tars_common::governance::{GovernanceClient, GovernanceError};
-use tars_common::metrics::Metrics;
-use tars_common::service::Connected;
-use tars_common::store::{Change, RequestStore, StoreError};
-use tars_common::worker::{Delivery, Handler, Outcome};
+use tars_domain::events::{Envelope, Event};
+use tars_domain::{RequestId, RequestStatus, now};
+use tars_governance::{GovernanceClient, GovernanceError};
+use tars_jetstream::publish::EventPublisher;
+use tars_jetstream::service::Connected;
+use tars_jetstream::store::{Change, RequestStore, StoreError};
+use tars_jetstream::worker::{Delivery, Handler, Outcome};
+use tars_observability::metrics::Metrics;
 
 /// The governance-applier's handler.
 pub struct Worker {

@@ -9,10 +9,11 @@ mod handler;
 use std::time::Duration;
 
 use clap::Parser;
-use tars_common::config::{CommonArgs, ConfigError, WorkerArgs, report, secret};
-use tars_common::governance::GovernanceClient;
-use tars_common::metrics::Metrics;
-use tars_common::topology::GOVERNANCE_APPLIER;
+use tars_governance::GovernanceClient;
+use tars_jetstream::config::{CommonArgs, WorkerArgs};
+use tars_jetstream::topology::GOVERNANCE_APPLIER;
+use tars_observability::config::{ConfigError, report, secret};
+use tars_observability::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 pub use handler::Worker;
@@ -74,9 +75,9 @@ pub async fn run(args: Args, metrics: Metrics, shutdown: CancellationToken) -> a
         metrics.clone(),
     );
     let conn =
-        tars_common::service::connect(&args.common, "tars-governance-applier", metrics).await?;
+        tars_jetstream::service::connect(&args.common, "tars-governance-applier", metrics).await?;
     let worker = Worker::new(&conn, governance);
-    tars_common::service::run_worker(GOVERNANCE_APPLIER, conn, worker, &args.worker, shutdown)
+    tars_jetstream::service::run_worker(GOVERNANCE_APPLIER, conn, worker, &args.worker, shutdown)
         .await?;
     Ok(())
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tars_common::domain::ParseError;
-use tars_common::store::StoreError;
+use tars_domain::ParseError;
+use tars_jetstream::store::StoreError;
 
 /// An error answer.
 #[derive(Debug)]
@@ -94,8 +94,8 @@ impl From<StoreError> for ApiError {
     }
 }
 
-impl From<tars_common::events::PublishError> for ApiError {
-    fn from(e: tars_common::events::PublishError) -> Self {
+impl From<tars_jetstream::publish::PublishError> for ApiError {
+    fn from(e: tars_jetstream::publish::PublishError) -> Self {
         tracing::error!(error = %e, "publish failed");
         Self::unavailable(
             "the event stream is unavailable; try again shortly (your request is kept)",

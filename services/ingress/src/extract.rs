@@ -4,7 +4,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{StatusCode, request::Parts};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
-use tars_common::auth::{AuthError, AuthUser};
+use tars_kbase::{AuthError, AuthUser};
 
 use crate::error::ApiError;
 use crate::state::AppState;

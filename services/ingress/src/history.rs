@@ -3,8 +3,8 @@
 use async_nats::jetstream::{consumer, stream::Stream};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tars_common::domain::RequestId;
-use tars_common::events::{Envelope, Event};
+use tars_domain::RequestId;
+use tars_domain::events::{Envelope, Event};
 
 use crate::error::ApiError;
 

@@ -31,13 +31,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use clap::Parser;
-use tars_common::auth::{AuthConfig, KBaseAuth};
-use tars_common::config::{CommonArgs, ConfigError, parse_duration, secret};
-use tars_common::domain::Username;
-use tars_common::events::EventPublisher;
-use tars_common::metrics::Metrics;
-use tars_common::slack::SlackClient;
-use tars_common::store::RequestStore;
+use tars_domain::Username;
+use tars_domain::duration::parse_duration;
+use tars_jetstream::config::CommonArgs;
+use tars_jetstream::publish::EventPublisher;
+use tars_jetstream::store::RequestStore;
+use tars_kbase::{AuthConfig, KBaseAuth};
+use tars_observability::config::{ConfigError, secret};
+use tars_observability::metrics::Metrics;
+use tars_slack::SlackClient;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
@@ -96,7 +98,7 @@ pub struct Args {
     pub slack_approvers: String,
     /// The Slack bot, for the token modal and replies to clickers.
     #[command(flatten)]
-    pub slack_bot: tars_common::config::SlackBotArgs,
+    pub slack_bot: tars_slack::config::SlackBotArgs,
     /// Submissions per user per minute (per ingress replica).
     #[arg(long, env = "SUBMIT_RATE_PER_MINUTE", default_value_t = 10)]
     pub submit_rate_per_minute: u32,
@@ -126,7 +128,7 @@ impl Args {
             slack_signing_secret_file: None,
             slack_approval_mode: "allowlist".into(),
             slack_approvers: String::new(),
-            slack_bot: tars_common::config::SlackBotArgs {
+            slack_bot: tars_slack::config::SlackBotArgs {
                 slack_bot_token: None,
                 slack_bot_token_file: None,
                 slack_api_url: slack_api_url.to_owned(),
@@ -214,7 +216,7 @@ impl Application {
             };
             ApprovalMode::Allowlist(approvers)
         };
-        tars_common::config::report(problems).map_err(anyhow::Error::msg)?;
+        tars_observability::config::report(problems).map_err(anyhow::Error::msg)?;
 
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(5))
@@ -240,7 +242,7 @@ impl Application {
             )
         });
         let conn =
-            tars_common::service::connect(&args.common, "tars-ingress", metrics.clone()).await?;
+            tars_jetstream::service::connect(&args.common, "tars-ingress", metrics.clone()).await?;
         let state = AppState {
             store: RequestStore::new(conn.topology.requests.clone()),
             publisher: EventPublisher::new(conn.topology.js.clone(), metrics.clone()),
@@ -336,7 +338,7 @@ async fn not_found() -> error::ApiError {
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    if tars_common::nats::is_connected(&st.client) {
+    if tars_jetstream::nats::is_connected(&st.client) {
         (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
     } else {
         error::ApiError::unavailable("NATS is disconnected").into_response()
@@ -346,9 +348,9 @@ async fn readyz(State(st): State<AppState>) -> Response {
 fn router(state: AppState, timeout: Duration) -> Router {
     use routes::{admin, approvals, requests, slack};
     let metrics = state.metrics.clone();
-    let probe = tars_common::health::Probe {
+    let probe = tars_observability::health::Probe {
         metrics: metrics.clone(),
-        client: state.client.clone(),
+        ready: tars_jetstream::nats::readiness(&state.client),
     };
     let request_id = HeaderName::from_static("x-request-id");
     Router::new()
@@ -384,7 +386,7 @@ fn router(state: AppState, timeout: Duration) -> Router {
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }
 
-async fn metrics_text(State(p): State<tars_common::health::Probe>) -> impl IntoResponse {
+async fn metrics_text(State(p): State<tars_observability::health::Probe>) -> impl IntoResponse {
     (
         [("content-type", "text/plain; version=0.0.4")],
         p.metrics.render(),

@@ -6,6 +6,6 @@ use clap::Parser;
 async fn main() -> anyhow::Result<()> {
     let args = tars_ingress::Args::parse();
     args.common.init_logging();
-    let shutdown = tars_common::shutdown::on_signal();
-    tars_ingress::run(args, tars_common::metrics::Metrics::new(), shutdown).await
+    let shutdown = tars_observability::shutdown::on_signal();
+    tars_ingress::run(args, tars_observability::metrics::Metrics::new(), shutdown).await
 }

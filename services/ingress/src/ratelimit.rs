@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tars_common::domain::Username;
+use tars_domain::Username;
 
 struct Bucket {
     tokens: f64,

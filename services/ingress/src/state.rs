@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tars_common::auth::KBaseAuth;
-use tars_common::domain::Username;
-use tars_common::events::EventPublisher;
-use tars_common::metrics::Metrics;
-use tars_common::slack::SlackClient;
-use tars_common::store::RequestStore;
-use tars_common::topology::Topology;
+use tars_domain::Username;
+use tars_jetstream::publish::EventPublisher;
+use tars_jetstream::store::RequestStore;
+use tars_jetstream::topology::Topology;
+use tars_kbase::KBaseAuth;
+use tars_observability::metrics::Metrics;
+use tars_slack::SlackClient;
 
 use crate::ratelimit::RateLimiter;
 

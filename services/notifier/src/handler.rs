@@ -7,11 +7,11 @@
 
 use std::time::Duration;
 
-use tars_common::domain::{RequestId, RequestRecord, SlackClaim, SlackMessageRef, now};
-use tars_common::service::Connected;
-use tars_common::slack::{SlackClient, SlackError, blocks};
-use tars_common::store::{Change, RequestStore, StoreError};
-use tars_common::worker::{Delivery, Handler, Outcome};
+use tars_domain::{RequestId, RequestRecord, SlackClaim, SlackMessageRef, now};
+use tars_jetstream::service::Connected;
+use tars_jetstream::store::{Change, RequestStore, StoreError};
+use tars_jetstream::worker::{Delivery, Handler, Outcome};
+use tars_slack::{SlackClient, SlackError, blocks};
 
 /// A claim older than this is taken over (its holder probably crashed mid-post); longer
 /// than a post can take (the Slack client's timeout plus an in-place rate-limit wait).

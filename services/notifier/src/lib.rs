@@ -8,10 +8,12 @@ mod handler;
 use std::time::Duration;
 
 use clap::Parser;
-use tars_common::config::{CommonArgs, ConfigError, SlackBotArgs, WorkerArgs, report};
-use tars_common::metrics::Metrics;
-use tars_common::slack::SlackClient;
-use tars_common::topology::NOTIFIER;
+use tars_jetstream::config::{CommonArgs, WorkerArgs};
+use tars_jetstream::topology::NOTIFIER;
+use tars_observability::config::{ConfigError, report};
+use tars_observability::metrics::Metrics;
+use tars_slack::SlackClient;
+use tars_slack::config::SlackBotArgs;
 use tokio_util::sync::CancellationToken;
 
 pub use handler::Worker;
@@ -70,8 +72,8 @@ pub async fn run(args: Args, metrics: Metrics, shutdown: CancellationToken) -> a
         metrics.clone(),
     )
     .with_pacing(args.slack_max_posts_per_second);
-    let conn = tars_common::service::connect(&args.common, "tars-notifier", metrics).await?;
+    let conn = tars_jetstream::service::connect(&args.common, "tars-notifier", metrics).await?;
     let worker = Worker::new(&conn, slack, args.slack_channel_id.unwrap_or_default());
-    tars_common::service::run_worker(NOTIFIER, conn, worker, &args.worker, shutdown).await?;
+    tars_jetstream::service::run_worker(NOTIFIER, conn, worker, &args.worker, shutdown).await?;
     Ok(())
 }

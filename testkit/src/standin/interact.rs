@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::json;
-use tars_common::slack::signature::sign;
+use tars_slack::signature::sign;
 
 static CLICKS: AtomicU64 = AtomicU64::new(1);
 

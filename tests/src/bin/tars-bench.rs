@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tars_common::config::{CommonArgs, WorkerArgs};
-use tars_common::domain::{RequestId, TenantName, Username};
-use tars_common::events::{Envelope, Event};
-use tars_common::metrics::Metrics;
-use tars_common::topology::{self, NOTIFIER, TopologyConfig};
-use tars_common::worker::{self, Delivery, Handler, Outcome, WorkerConfig};
+use tars_domain::events::{Envelope, Event};
+use tars_domain::{RequestId, TenantName, Username};
+use tars_jetstream::config::{CommonArgs, WorkerArgs};
+use tars_jetstream::topology::{self, NOTIFIER, TopologyConfig};
+use tars_jetstream::worker::{self, Delivery, Handler, Outcome, WorkerConfig};
+use tars_observability::metrics::Metrics;
 use tars_testkit::NatsServer;
 use tars_testkit::standin::{governance::FakeGovernance, kbase::FakeKbase, slack::FakeSlack};
 use tokio_util::sync::CancellationToken;
@@ -85,7 +85,7 @@ impl Handler for Count {
 async fn bench_worker() {
     const N: usize = 20_000;
     let server = NatsServer::start().unwrap();
-    let client = tars_common::nats::connect(&server.url(), None, "bench")
+    let client = tars_jetstream::nats::connect(&server.url(), None, "bench")
         .await
         .unwrap();
     let topo = topology::ensure(&client, &TopologyConfig::default())
@@ -137,7 +137,7 @@ async fn bench_worker() {
             })
             .await
             .unwrap();
-        let kind = tars_common::topology::WorkerKind {
+        let kind = tars_jetstream::topology::WorkerKind {
             name: Box::leak(name.into_boxed_str()),
             filter: NOTIFIER.filter,
         };
@@ -226,7 +226,7 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
         kbase_cache_ttl: Duration::from_secs(600),
         slack_signing_secret: Some("s".into()),
         slack_approvers: "U1:benchadmin".into(),
-        slack_bot: tars_common::config::SlackBotArgs::new("xoxb-bench", &slack.url()),
+        slack_bot: tars_slack::config::SlackBotArgs::new("xoxb-bench", &slack.url()),
         ..tars_ingress::Args::local(common(&server.url()), &kbase.url(), &slack.url())
     };
     let app = tars_ingress::Application::build(args, Metrics::new())
@@ -244,7 +244,7 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
             tars_notifier::Args {
                 common: common(&url),
                 worker: worker.clone(),
-                slack_bot: tars_common::config::SlackBotArgs::new("xoxb-bench", &slack.url()),
+                slack_bot: tars_slack::config::SlackBotArgs::new("xoxb-bench", &slack.url()),
                 slack_channel_id: Some("C1".into()),
                 slack_max_posts_per_second: None,
             },

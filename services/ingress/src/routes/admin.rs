@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tars_common::worker::{
+use tars_jetstream::worker::{
     HDR_DLQ_DELIVERIES, HDR_DLQ_REASON, HDR_DLQ_WORKER, HDR_ORIGINAL_SEQ, HDR_ORIGINAL_SUBJECT,
 };
 

@@ -5,9 +5,9 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tars_common::domain::{Permission, RequestId, RequestStatus, Source, TenantName, Username};
-use tars_common::events::{Decision, Envelope, Event};
-use tars_common::store::open_slot;
+use tars_domain::events::{Decision, Envelope, Event};
+use tars_domain::{Permission, RequestId, RequestStatus, Source, TenantName, Username};
+use tars_jetstream::store::open_slot;
 
 use crate::error::ApiError;
 use crate::extract::{Admin, StrictJson};

@@ -6,12 +6,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-use tars_common::domain::{
+use tars_domain::events::{Envelope, Event};
+use tars_domain::{
     Justification, Permission, RequestId, RequestRecord, RequestStatus, Source, TenantName,
     Username, now,
 };
-use tars_common::events::{Envelope, Event};
-use tars_common::store::{Change, open_slot};
+use tars_jetstream::store::{Change, open_slot};
 
 use crate::error::ApiError;
 use crate::extract::{Caller, StrictJson};
@@ -182,7 +182,7 @@ fn access_duration(raw: &str, max: std::time::Duration) -> Result<std::time::Dur
             format!("duration: {m}"),
         )
     };
-    let d = tars_common::config::parse_duration(raw).map_err(invalid)?;
+    let d = tars_domain::duration::parse_duration(raw).map_err(invalid)?;
     if d.is_zero() || d > max {
         return Err(invalid(format!(
             "must be more than 0 and at most {}",
@@ -231,7 +231,7 @@ async fn create_and_publish(st: &AppState, rec: RequestRecord) -> Result<Respons
 /// Loads a record the caller may see (requester or admin); anything else is 404.
 pub async fn visible(
     st: &AppState,
-    caller: &tars_common::auth::AuthUser,
+    caller: &tars_kbase::AuthUser,
     raw_id: &str,
 ) -> Result<(RequestRecord, u64), ApiError> {
     let id =

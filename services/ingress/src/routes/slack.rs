@@ -14,10 +14,10 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
-use tars_common::domain::{RequestId, Source, Username};
-use tars_common::events::Decision;
-use tars_common::slack::blocks::{APPROVE_ACTION, DENY_ACTION};
-use tars_common::slack::signature;
+use tars_domain::events::Decision;
+use tars_domain::{RequestId, Source, Username};
+use tars_slack::blocks::{APPROVE_ACTION, DENY_ACTION};
+use tars_slack::signature;
 
 use crate::error::ApiError;
 use crate::routes::approvals::publish_decision;
@@ -280,7 +280,7 @@ async fn refusal(st: &AppState, id: &RequestId, by: &Username) -> Result<Option<
     if rec.requester == *by {
         return Ok(Some("You may not decide your own request.".into()));
     }
-    if rec.status != tars_common::domain::RequestStatus::Pending {
+    if rec.status != tars_domain::RequestStatus::Pending {
         let who = rec.decided_by.as_deref().unwrap_or("TARS");
         return Ok(Some(format!(
             "Request {id} is already {} (by {who}); your click changed nothing.",
@@ -315,7 +315,7 @@ async fn submit_token(st: &AppState, slack_user: String, view: View) -> Result<R
     }
     let user = match st.auth.authenticate(&token).await {
         Ok(u) => u,
-        Err(tars_common::auth::AuthError::Unavailable(_)) => {
+        Err(tars_kbase::AuthError::Unavailable(_)) => {
             return Ok(modal_error(
                 "The KBase auth service is unavailable; try again shortly.",
             ));

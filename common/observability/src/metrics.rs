@@ -167,8 +167,8 @@ impl Metrics {
 
     /// Counts a call to `target` that got no HTTP answer, and names the failure
     /// (`timeout` or `error`) for the caller's error message.
-    pub fn transport_failure(&self, target: &str, e: &reqwest::Error) -> &'static str {
-        let kind = if e.is_timeout() { "timeout" } else { "error" };
+    pub fn transport_failure(&self, target: &str, timed_out: bool) -> &'static str {
+        let kind = if timed_out { "timeout" } else { "error" };
         self.external(target, kind);
         kind
     }

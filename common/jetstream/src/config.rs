@@ -1,4 +1,5 @@
-//! Configuration shared by every service, read from the environment (names from the design).
+//! The environment settings every TARS process (`CommonArgs`) and every worker
+//! (`WorkerArgs`) shares: NATS, topology, logging, the worker runtime.
 //!
 //! Each service's `Args` flattens [`CommonArgs`] (and workers [`WorkerArgs`]) into one
 //! `clap` parser, so `--help` lists every variable with its default, and a bad value is
@@ -7,28 +8,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use tars_domain::duration::parse_duration;
+
 use crate::topology::TopologyConfig;
 use crate::worker::WorkerConfig;
-
-/// A configuration problem, naming the variable to fix.
-#[derive(Debug, thiserror::Error)]
-#[error("{var}: {message}")]
-pub struct ConfigError {
-    /// The environment variable.
-    pub var: &'static str,
-    /// What is wrong with it.
-    pub message: String,
-}
-
-impl ConfigError {
-    /// A problem with `var`.
-    pub fn new(var: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            var,
-            message: message.into(),
-        }
-    }
-}
 
 /// Settings every TARS process has.
 #[derive(Debug, Clone, clap::Args)]
@@ -95,42 +78,7 @@ impl CommonArgs {
 
     /// Installs logging as configured.
     pub fn init_logging(&self) {
-        crate::telemetry::init(&self.log_level, &self.log_format);
-    }
-}
-
-/// The Slack bot settings, shared by the ingress (token modal, replies to clickers) and
-/// the notifier (messages).
-#[derive(Debug, Clone, clap::Args)]
-pub struct SlackBotArgs {
-    /// Slack bot token (or SLACK_BOT_TOKEN_FILE).
-    #[arg(long, env = "SLACK_BOT_TOKEN", hide_env_values = true)]
-    pub slack_bot_token: Option<String>,
-    /// File holding the Slack bot token.
-    #[arg(long, env = "SLACK_BOT_TOKEN_FILE")]
-    pub slack_bot_token_file: Option<PathBuf>,
-    /// Slack Web API base URL.
-    #[arg(long, env = "SLACK_API_URL", default_value = "https://slack.com/api")]
-    pub slack_api_url: String,
-}
-
-impl SlackBotArgs {
-    /// A bot token given directly, for a Web API at `api_url`.
-    pub fn new(token: &str, api_url: &str) -> Self {
-        Self {
-            slack_bot_token: Some(token.to_owned()),
-            slack_bot_token_file: None,
-            slack_api_url: api_url.to_owned(),
-        }
-    }
-
-    /// The token, from either spelling.
-    pub fn token(&self) -> Result<Option<String>, ConfigError> {
-        secret(
-            "SLACK_BOT_TOKEN",
-            self.slack_bot_token.as_deref(),
-            self.slack_bot_token_file.as_deref(),
-        )
+        tars_observability::telemetry::init(&self.log_level, &self.log_format);
     }
 }
 
@@ -179,65 +127,5 @@ impl WorkerArgs {
             },
             ..WorkerConfig::default()
         }
-    }
-}
-
-/// Parses `90s`, `15m`, `12h`, `7d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s.trim())
-        .map_err(|e| format!("{s:?} is not a duration like 90s, 15m, 12h or 7d ({e})"))
-}
-
-/// A secret given directly (`NAME`) or as a file path (`NAME_FILE`, for Kubernetes Secrets
-/// mounted as files); the file's trailing newline is dropped.
-pub fn secret(
-    var: &'static str,
-    value: Option<&str>,
-    file: Option<&std::path::Path>,
-) -> Result<Option<String>, ConfigError> {
-    match (value, file) {
-        (Some(_), Some(_)) => Err(ConfigError::new(
-            var,
-            "set either the variable or its _FILE form, not both",
-        )),
-        (Some(v), None) => Ok(Some(v.to_owned())),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_owned()))
-            .map_err(|e| ConfigError::new(var, format!("read {}: {e}", path.display()))),
-        (None, None) => Ok(None),
-    }
-}
-
-/// Fails with every problem at once, one per line, so an operator fixes them in one go.
-pub fn report(problems: Vec<ConfigError>) -> Result<(), String> {
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let lines: Vec<String> = problems.iter().map(|p| format!("  - {p}")).collect();
-    Err(format!("invalid configuration:\n{}", lines.join("\n")))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations_read_the_humantime_way() {
-        assert_eq!(
-            parse_duration("7d").unwrap(),
-            Duration::from_secs(7 * 86_400)
-        );
-        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
-        assert!(parse_duration("soon").unwrap_err().contains("soon"));
-    }
-
-    #[test]
-    fn secrets_come_from_value_or_file_not_both() {
-        let dir = std::env::temp_dir().join(format!("tars-secret-{}", std::process::id()));
-        std::fs::write(&dir, "s3cret\n").unwrap();
-        assert_eq!(secret("X", None, Some(&dir)).unwrap().unwrap(), "s3cret");
-        assert_eq!(secret("X", Some("v"), None).unwrap().unwrap(), "v");
-        assert!(secret("X", Some("v"), Some(&dir)).is_err());
-        let _ = std::fs::remove_file(dir);
     }
 }

@@ -22,9 +22,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::events::Envelope;
-use crate::metrics::Metrics;
 use crate::topology::{DLQ_STREAM, Topology, WorkerKind};
+use tars_domain::events::Envelope;
+use tars_observability::metrics::Metrics;
 
 /// Dead-letter header: why the message was given up on.
 pub const HDR_DLQ_REASON: &str = "Tars-Dlq-Reason";

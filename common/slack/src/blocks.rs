@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::domain::{RequestRecord, RequestStatus};
+use tars_domain::{RequestRecord, RequestStatus};
 
 /// `action_id` of the Approve button.
 pub const APPROVE_ACTION: &str = "approve";
@@ -101,7 +101,7 @@ pub fn render(r: &RequestRecord) -> (String, Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::*;
+    use tars_domain::*;
 
     fn record() -> RequestRecord {
         RequestRecord::new_pending(

@@ -8,10 +8,10 @@ use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{CommonArgs, WorkerArgs};
-use crate::health::{self, Probe};
-use crate::metrics::Metrics;
 use crate::topology::{self, Topology, WorkerKind};
 use crate::worker::{self, Handler, WorkerConfig};
+use tars_observability::health::{self, Probe};
+use tars_observability::metrics::Metrics;
 
 /// Why a worker process could not run.
 #[derive(Debug, thiserror::Error)]
@@ -75,7 +75,7 @@ pub async fn run_worker<H: Handler>(
         .map_err(|source| ServiceError::Bind { addr, source })?;
     let probe = Probe {
         metrics: conn.metrics.clone(),
-        client: conn.client.clone(),
+        ready: crate::nats::readiness(&conn.client),
     };
     let probes = tokio::spawn(health::serve(listener, probe, shutdown.clone()));
     let result = worker::run(

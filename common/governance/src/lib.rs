@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use crate::domain::Username;
-use crate::metrics::Metrics;
+use tars_domain::Username;
+use tars_observability::metrics::Metrics;
 
 /// Why the call did not grant access.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,7 +66,7 @@ impl GovernanceClient {
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
-                let kind = self.metrics.transport_failure("governance", &e);
+                let kind = self.metrics.transport_failure("governance", e.is_timeout());
                 return Err(GovernanceError::Transient(format!("{kind}: {e}")));
             }
         };

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::metrics::Metrics;
+use tars_observability::metrics::Metrics;
 
 /// Longest pause a call waits out in place; longer pauses go back to the caller as
 /// [`SlackError::RateLimited`] so the message is retried later instead of holding a slot.
@@ -198,7 +198,7 @@ impl SlackClient {
     }
 
     fn transport_error(&self, e: reqwest::Error) -> SlackError {
-        let kind = self.metrics.transport_failure("slack", &e);
+        let kind = self.metrics.transport_failure("slack", e.is_timeout());
         SlackError::Transient(format!("{kind}: {e}"))
     }
 

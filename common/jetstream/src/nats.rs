@@ -57,7 +57,20 @@ pub async fn connect(
         })
 }
 
-/// Whether the client is connected right now (for `/readyz`).
+/// Whether the client is connected right now.
 pub fn is_connected(client: &async_nats::Client) -> bool {
     client.connection_state() == async_nats::connection::State::Connected
+}
+
+/// The `/readyz` check of a process whose work needs this connection; the topology was
+/// declared before the probes are served.
+pub fn readiness(client: &async_nats::Client) -> tars_observability::health::Readiness {
+    let client = client.clone();
+    std::sync::Arc::new(move || {
+        if is_connected(&client) {
+            Ok(())
+        } else {
+            Err("NATS disconnected".to_owned())
+        }
+    })
 }

@@ -14,7 +14,8 @@ use std::collections::BTreeMap;
 use async_nats::jetstream::kv;
 use bytes::Bytes;
 
-use crate::domain::{Permission, RequestId, RequestRecord, RequestStatus, TenantName, Username};
+use tars_domain::machine::{self, Command, Policy, Refusal, Step};
+use tars_domain::{Permission, RequestId, RequestRecord, RequestStatus, TenantName, Username};
 
 /// How many times a CAS loop re-reads before giving up; contention on one key beyond this
 /// means something is wrong, and the caller retries later (nak) or answers 503.
@@ -175,7 +176,7 @@ impl RequestStore {
             match f(&mut current.value) {
                 Change::Keep(r) => return Ok((r, current)),
                 Change::Write(r) => {
-                    current.value.updated_at = crate::domain::now();
+                    current.value.updated_at = tars_domain::now();
                     if let Some(rev) = self
                         .write_if(id.as_str(), &current.value, Some(current.revision))
                         .await?
@@ -192,6 +193,33 @@ impl RequestStore {
             }
         }
         Err(StoreError::Contention(id.to_string()))
+    }
+
+    /// Steps the state machine on the stored record: load, [`machine::step`], write with
+    /// compare-and-set when the record changed, and on a lost race load and step again.
+    /// The returned step's record is the one stored; its effects are the caller's to carry
+    /// out, after this returns.
+    pub async fn step(
+        &self,
+        id: &RequestId,
+        cmd: &Command,
+        policy: &Policy,
+    ) -> Result<Result<Step, Refusal>, StoreError> {
+        let now = tars_domain::now();
+        let (result, stored) = self
+            .modify(id, |r| match machine::step(r, cmd, now, policy) {
+                Ok(s) if s.changed => {
+                    *r = s.record.clone();
+                    Change::Write(Ok(s))
+                }
+                Ok(s) => Change::Keep(Ok(s)),
+                Err(e) => Change::Keep(Err(e)),
+            })
+            .await?;
+        Ok(result.map(|mut s| {
+            s.record = stored.value;
+            s
+        }))
     }
 
     /// The open index of `user`.

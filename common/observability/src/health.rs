@@ -3,15 +3,22 @@
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use tokio_util::sync::CancellationToken;
 
+use std::sync::Arc;
+
 use crate::metrics::Metrics;
+
+/// Answers whether the process can do its work right now; `Err` says why not, and is the
+/// body of a failing `/readyz`. Each service supplies its own (the NATS crate supplies the
+/// connection check), so this crate knows nothing of NATS.
+pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 /// What the probe routes need.
 #[derive(Clone)]
 pub struct Probe {
     /// The process's metrics.
     pub metrics: Metrics,
-    /// The NATS connection whose state decides readiness.
-    pub client: async_nats::Client,
+    /// Decides readiness.
+    pub ready: Readiness,
 }
 
 /// The three routes, to serve alone (workers) or merge into the ingress.
@@ -30,12 +37,11 @@ async fn metrics(State(p): State<Probe>) -> impl IntoResponse {
     )
 }
 
-/// Ready when connected to NATS; the topology was declared before the server started.
+/// Ready when the service's own check says so.
 async fn readyz(State(p): State<Probe>) -> impl IntoResponse {
-    if crate::nats::is_connected(&p.client) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "NATS disconnected")
+    match (p.ready)() {
+        Ok(()) => (StatusCode::OK, "ready".to_owned()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

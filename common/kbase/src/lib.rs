@@ -13,8 +13,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use tokio::sync::OnceCell;
 
-use crate::domain::Username;
-use crate::metrics::Metrics;
+use tars_domain::Username;
+use tars_observability::metrics::Metrics;
 
 /// Who a valid token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +152,7 @@ impl KBaseAuth {
         let resp = match resp {
             Ok(r) => r,
             Err(e) => {
-                let kind = self.metrics.transport_failure("kbase", &e);
+                let kind = self.metrics.transport_failure("kbase", e.is_timeout());
                 return Err(AuthError::Unavailable(kind.to_owned()));
             }
         };

@@ -1,15 +1,14 @@
-//! The versioned event envelope every TARS message carries, and the one way to publish it.
+//! The versioned event envelope every TARS message carries.
 //!
 //! `TARS_EVENTS` is the audit log, so an event says what happened, to which request, when
-//! and by whom; the *state* lives in the KV record. Publishing waits for the JetStream ack
-//! and sets `Nats-Msg-Id`, so a retried publish inside the duplicate window is a no-op.
+//! and by whom; the *state* lives in the KV record. This module is data only: publishing
+//! (acked, with `Nats-Msg-Id`) lives in `tars-jetstream`.
 
-use async_nats::jetstream;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::domain::{Permission, RequestId, RequestRecord, Source, TenantName, Username};
-use crate::metrics::Metrics;
+use crate::ids::{Permission, RequestId, TenantName, Username};
+use crate::record::{RequestRecord, RequestStatus, Source};
 
 /// The envelope version this build writes and understands.
 pub const ENVELOPE_VERSION: u32 = 1;
@@ -59,7 +58,7 @@ pub enum Event {
         /// By whom.
         by: Username,
         /// The status the request already had.
-        status: crate::domain::RequestStatus,
+        status: RequestStatus,
     },
     /// The request was approved; the governance-applier grants it.
     #[serde(rename = "request.approved")]
@@ -154,13 +153,23 @@ pub enum DecodeError {
 }
 
 impl Envelope {
-    /// Wraps an event about `request_id` caused by `actor`.
+    /// Wraps an event about `request_id` caused by `actor`, happening now.
     pub fn new(request_id: RequestId, actor: impl Into<String>, event: Event) -> Self {
+        Self::at(request_id, actor, event, crate::record::now())
+    }
+
+    /// Wraps an event that happened at `at` (the time the machine stepped with).
+    pub fn at(
+        request_id: RequestId,
+        actor: impl Into<String>,
+        event: Event,
+        at: OffsetDateTime,
+    ) -> Self {
         Self {
             v: ENVELOPE_VERSION,
             event_id: uuid::Uuid::now_v7().to_string(),
             request_id,
-            at: crate::domain::now(),
+            at,
             actor: actor.into(),
             event,
         }
@@ -189,54 +198,6 @@ impl Envelope {
             return Err(DecodeError::UnsupportedVersion(peek.v));
         }
         Ok(serde_json::from_slice(payload)?)
-    }
-}
-
-/// Why a publish did not reach the stream; the caller decides whether to retry or answer 503.
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    /// The envelope could not be serialised (a bug).
-    #[error("encode event: {0}")]
-    Encode(#[from] serde_json::Error),
-    /// NATS did not take the message.
-    #[error("publish event: {0}")]
-    Publish(#[from] async_nats::jetstream::context::PublishError),
-}
-
-/// Publishes envelopes to `TARS_EVENTS` and counts them; cheap to clone.
-#[derive(Clone)]
-pub struct EventPublisher {
-    js: jetstream::Context,
-    metrics: Metrics,
-}
-
-impl EventPublisher {
-    /// A publisher on `js` that counts into `metrics`.
-    pub fn new(js: jetstream::Context, metrics: Metrics) -> Self {
-        Self { js, metrics }
-    }
-
-    /// Publishes with `msg_id` as `Nats-Msg-Id` and waits for the stream's ack; returns
-    /// the stream sequence (a duplicate returns the original's).
-    pub async fn publish(&self, envelope: &Envelope, msg_id: &str) -> Result<u64, PublishError> {
-        let payload = serde_json::to_vec(envelope)?;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id);
-        let ack = self
-            .js
-            .publish_with_headers(envelope.subject(), headers, payload.into())
-            .await?
-            .await?;
-        self.metrics
-            .events_published
-            .with_label_values(&[envelope.event.kind()])
-            .inc();
-        Ok(ack.sequence)
-    }
-
-    /// Publishes a state transition with its natural `Nats-Msg-Id`.
-    pub async fn publish_transition(&self, envelope: &Envelope) -> Result<u64, PublishError> {
-        self.publish(envelope, &envelope.transition_msg_id()).await
     }
 }
 

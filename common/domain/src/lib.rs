@@ -1,0 +1,23 @@
+//! The access-request domain of TARS, with no I/O: the words (newtypes parsed once at
+//! the edge), the request record, the event envelope, and the state machine that decides
+//! how a request moves.
+//!
+//! | module | why it exists |
+//! |---|---|
+//! | [`ids`] | tenant names, usernames, request ids, permissions, justifications: parsed once, legal as KV keys and subject tokens |
+//! | [`record`] | the request record and its statuses |
+//! | [`events`] | the versioned event envelope of `TARS_EVENTS` |
+//! | [`machine`] | `(record, command, now, policy) → (record', effects) | refusal`: every lifecycle rule, in one place |
+//! | [`duration`] | humantime durations (`90s`, `12h`, `7d`) for configuration and requests |
+//!
+//! This crate depends on no async runtime, no NATS and no HTTP client, so every rule is
+//! tested by plain (and property) tests, and every other crate builds on it.
+
+pub mod duration;
+pub mod events;
+pub mod ids;
+pub mod machine;
+pub mod record;
+
+pub use ids::{Justification, ParseError, Permission, RequestId, TenantName, Username};
+pub use record::{RequestRecord, RequestStatus, SlackClaim, SlackMessageRef, Source, now};

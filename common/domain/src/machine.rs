@@ -1,0 +1,696 @@
+//! The request state machine: a pure function from `(record, command, now, policy)` to the
+//! next record and the effects to carry out, or a refusal.
+//!
+//! Nothing here performs I/O. A shell (a worker or an ingress route) loads the record,
+//! calls [`step`], writes the new record with compare-and-set (re-reading and stepping
+//! again if it lost), and only then carries out the [`Effect`]s: publish an event, call the
+//! governance API, dead-letter a message. This is the shape of raft-rs's `Ready`: the
+//! machine says what must happen, the caller does it and reports back with the next
+//! command.
+//!
+//! The record and the events agree by construction: [`step`] decides which events a
+//! command causes and computes the next record by folding them with [`evolve`], so the
+//! audit stream replays to the state the record holds (a property test checks it).
+//!
+//! A *repeat* (`changed == false` with effects) is how lost work heals: a redelivered
+//! decision, a second cancel or a redelivered grant order re-emits the event it caused
+//! the first time. Its `Nats-Msg-Id` ([`Dedupe`]) makes the stream keep one copy.
+
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::events::{Decision, Event};
+use crate::ids::{Justification, Permission, RequestId, TenantName, Username};
+use crate::record::{RequestRecord, RequestStatus, Source};
+
+/// The actor TARS records for the steps it takes itself (expiry, governance outcomes).
+pub const SYSTEM_ACTOR: &str = "tars";
+
+/// The rules the machine applies that come from configuration. Approval policy (who may
+/// approve which tenant, how many approvals) joins here, so every shell that steps the
+/// machine applies the same rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// A pending request older than this expires (`REQUEST_TTL`).
+    pub request_ttl: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            request_ttl: Duration::from_secs(7 * 86_400),
+        }
+    }
+}
+
+/// Something that happened to a request, asking the machine for its next state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// An approver decided (the ingress checked they may).
+    Decide {
+        /// Approve or deny.
+        decision: Decision,
+        /// The KBase username recorded as the decider.
+        by: Username,
+        /// Slack or REST.
+        source: Source,
+    },
+    /// Somebody asked to withdraw the request.
+    Cancel {
+        /// Who asked (only the requester may).
+        by: Username,
+    },
+    /// The expiry sweep found the request; it expires if it is pending past the TTL.
+    Expire,
+    /// The governance-applier took the grant order and is about to carry it out.
+    StartGrant,
+    /// The governance API granted the membership (or already had it).
+    Granted,
+    /// The governance API refused, or retries ran out.
+    GrantFailed {
+        /// What it said.
+        reason: String,
+    },
+}
+
+/// A governance membership: who joins which tenant with which access.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The requester.
+    pub user: Username,
+    /// The tenant.
+    pub tenant: TenantName,
+    /// The access level.
+    pub permission: Permission,
+}
+
+impl Membership {
+    /// The membership a record asks for.
+    pub fn of(record: &RequestRecord) -> Self {
+        Self {
+            user: record.requester.clone(),
+            tenant: record.tenant_name.clone(),
+            permission: record.permission,
+        }
+    }
+
+    /// The governance group that grants it (the group API's naming).
+    pub fn group(&self) -> String {
+        self.permission.group_for(&self.tenant)
+    }
+}
+
+/// How an emitted event's `Nats-Msg-Id` is formed, so a repeat is stored once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dedupe {
+    /// `<request_id>.<type>`: a state transition happens once per request.
+    Transition,
+    /// `<request_id>.<type>.<cause>`, where the shell supplies the stream sequence of the
+    /// message that caused it: an outcome that may happen again (a refused decision, a
+    /// failure after a replay) is kept once per cause.
+    PerCause,
+}
+
+/// An event to append to `TARS_EVENTS`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Emit {
+    /// The event.
+    pub event: Event,
+    /// Who caused it: a username, or [`SYSTEM_ACTOR`].
+    pub actor: String,
+    /// How its message id is formed.
+    pub dedupe: Dedupe,
+}
+
+impl Emit {
+    /// The `Nats-Msg-Id` of this event about `request_id`; `cause` is the stream sequence
+    /// of the message being handled (ignored for transitions).
+    pub fn msg_id(&self, request_id: &RequestId, cause: u64) -> String {
+        match self.dedupe {
+            Dedupe::Transition => format!("{request_id}.{}", self.event.kind()),
+            Dedupe::PerCause => format!("{request_id}.{}.{cause}", self.event.kind()),
+        }
+    }
+}
+
+/// Work the shell carries out after the new record is written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Publish an event (the audit trail, and what the next worker reacts to).
+    Emit(Emit),
+    /// Add the membership in the governance API, then step [`Command::Granted`] or
+    /// [`Command::GrantFailed`].
+    Grant(Membership),
+    /// Dead-letter the message that caused this step, so an admin can replay it.
+    DeadLetter(String),
+}
+
+/// The machine's answer to a command it accepts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The record after the command.
+    pub record: RequestRecord,
+    /// Whether the record changed (and must be written); `false` is a repeat.
+    pub changed: bool,
+    /// What to carry out once the record is written, in order.
+    pub effects: Vec<Effect>,
+}
+
+/// Why the machine refused a command; the message is written for the person who asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// A requester may never approve or deny their own request.
+    #[error("you may not decide your own request")]
+    OwnRequest,
+    /// Only the requester may cancel.
+    #[error("only the requester may cancel a request")]
+    NotRequester,
+    /// The request is past the point where this command applies.
+    #[error("the request is already {status}{}", by.as_deref().map(|b| format!(" (by {b})")).unwrap_or_default())]
+    Settled {
+        /// Where it stands.
+        status: RequestStatus,
+        /// Who decided it, if anybody did.
+        by: Option<String>,
+    },
+    /// The grant order arrived before the approval is visible (a stale read): try later.
+    #[error("the request is not approved yet")]
+    NotApproved,
+    /// The sweep looked at a pending request that is not old enough to expire.
+    #[error("the request is not due to expire")]
+    NotDue,
+}
+
+/// A new request, pending, and the `request.submitted` event that announces it.
+pub fn submit(
+    request_id: RequestId,
+    requester: Username,
+    tenant_name: TenantName,
+    permission: Permission,
+    justification: Option<Justification>,
+    access_duration: Option<Duration>,
+    now: OffsetDateTime,
+) -> Step {
+    let mut record = RequestRecord::new_pending(
+        request_id,
+        requester,
+        tenant_name,
+        permission,
+        justification,
+        now,
+    );
+    record.access_duration_secs = access_duration.map(|d| d.as_secs());
+    let emit = Emit {
+        event: Event::submitted(&record),
+        actor: record.requester.to_string(),
+        dedupe: Dedupe::Transition,
+    };
+    Step {
+        record,
+        changed: true,
+        effects: vec![Effect::Emit(emit)],
+    }
+}
+
+fn transition(event: Event, actor: impl Into<String>) -> Emit {
+    Emit {
+        event,
+        actor: actor.into(),
+        dedupe: Dedupe::Transition,
+    }
+}
+
+fn settled(r: &RequestRecord) -> Refusal {
+    Refusal::Settled {
+        status: r.status,
+        by: r.decided_by.clone(),
+    }
+}
+
+/// The events `cmd` causes on `r`, and any effects beyond publishing them.
+fn consequences(
+    r: &RequestRecord,
+    cmd: &Command,
+    now: OffsetDateTime,
+    policy: &Policy,
+) -> Result<(Vec<Emit>, Vec<Effect>), Refusal> {
+    use RequestStatus as S;
+    let applied = || Event::RequestApplied {
+        group: Membership::of(r).group(),
+    };
+    match cmd {
+        Command::Decide {
+            decision,
+            by,
+            source,
+        } => {
+            if *by == r.requester {
+                return Err(Refusal::OwnRequest);
+            }
+            let event = match decision {
+                Decision::Approve => Event::RequestApproved {
+                    by: by.clone(),
+                    source: *source,
+                },
+                Decision::Deny => Event::RequestDenied {
+                    by: by.clone(),
+                    source: *source,
+                },
+            };
+            let same_decider = r.decided_by.as_deref() == Some(by.as_str());
+            let consistent = match decision {
+                Decision::Approve => matches!(r.status, S::Approved | S::Applied | S::Failed),
+                Decision::Deny => r.status == S::Denied,
+            };
+            // Pending: the decision wins. Decided by this decider the same way: a
+            // redelivery, which re-emits its event in case it was lost.
+            if r.status == S::Pending || (same_decider && consistent) {
+                Ok((vec![transition(event, by.as_str())], vec![]))
+            } else {
+                Err(settled(r))
+            }
+        }
+        Command::Cancel { by } => {
+            if *by != r.requester {
+                return Err(Refusal::NotRequester);
+            }
+            match r.status {
+                S::Pending | S::Cancelled => Ok((
+                    vec![transition(Event::RequestCancelled {}, by.as_str())],
+                    vec![],
+                )),
+                _ => Err(settled(r)),
+            }
+        }
+        Command::Expire => match r.status {
+            S::Pending if r.created_at + policy.request_ttl > now => Err(Refusal::NotDue),
+            S::Pending | S::Expired => Ok((
+                vec![transition(Event::RequestExpired {}, SYSTEM_ACTOR)],
+                vec![],
+            )),
+            _ => Err(settled(r)),
+        },
+        Command::StartGrant => match r.status {
+            // Failed: a replayed dead letter asks to try again.
+            S::Approved | S::Failed => Ok((vec![], vec![Effect::Grant(Membership::of(r))])),
+            // Granted already; the applied event may have been lost: emit it again.
+            S::Applied => Ok((vec![transition(applied(), SYSTEM_ACTOR)], vec![])),
+            S::Pending => Err(Refusal::NotApproved),
+            _ => Err(settled(r)),
+        },
+        Command::Granted => match r.status {
+            S::Approved | S::Failed | S::Applied => {
+                Ok((vec![transition(applied(), SYSTEM_ACTOR)], vec![]))
+            }
+            _ => Err(settled(r)),
+        },
+        Command::GrantFailed { reason } => match r.status {
+            S::Approved | S::Failed => {
+                let failed = Emit {
+                    event: Event::RequestFailed {
+                        reason: reason.clone(),
+                    },
+                    actor: SYSTEM_ACTOR.into(),
+                    dedupe: Dedupe::PerCause,
+                };
+                Ok((vec![failed], vec![Effect::DeadLetter(reason.clone())]))
+            }
+            _ => Err(settled(r)),
+        },
+    }
+}
+
+/// Applies `cmd` to `record` at `now` under `policy`.
+///
+/// `Ok` carries the next record and what to carry out; `changed == false` means a
+/// repeat whose effects heal lost work. `Err` leaves the request as it is.
+pub fn step(
+    record: &RequestRecord,
+    cmd: &Command,
+    now: OffsetDateTime,
+    policy: &Policy,
+) -> Result<Step, Refusal> {
+    let (emits, extra) = consequences(record, cmd, now, policy)?;
+    let mut next = record.clone();
+    for e in &emits {
+        next = evolve(&next, &e.event, &e.actor, now);
+    }
+    let changed = next != *record;
+    if changed {
+        next.updated_at = now;
+    }
+    let mut effects: Vec<Effect> = emits.into_iter().map(Effect::Emit).collect();
+    effects.extend(extra);
+    Ok(Step {
+        record: next,
+        changed,
+        effects,
+    })
+}
+
+/// The event a refused decision leaves in the audit stream ("already approved by X" is
+/// recorded, never applied); `None` for refusals of other commands.
+pub fn rejection(cmd: &Command, refusal: &Refusal) -> Option<Emit> {
+    let Command::Decide { decision, by, .. } = cmd else {
+        return None;
+    };
+    let status = match refusal {
+        Refusal::Settled { status, .. } => *status,
+        Refusal::OwnRequest => RequestStatus::Pending,
+        _ => return None,
+    };
+    Some(Emit {
+        event: Event::DecisionRejected {
+            decision: *decision,
+            by: by.clone(),
+            status,
+        },
+        actor: by.to_string(),
+        dedupe: Dedupe::PerCause,
+    })
+}
+
+/// What one event does to a record. Events that change nothing (a submission, a decision
+/// request, a rejection, a repeat) leave it as it is, so the audit stream replays to the
+/// record's state however often an event was emitted.
+pub fn evolve(
+    record: &RequestRecord,
+    event: &Event,
+    actor: &str,
+    at: OffsetDateTime,
+) -> RequestRecord {
+    use RequestStatus as S;
+    let mut r = record.clone();
+    let mut decide = |status: RequestStatus, by: &str, source: Source| {
+        if r.status == S::Pending {
+            r.status = status;
+            r.decided_by = Some(by.to_owned());
+            r.decided_at = Some(at);
+            r.decision_source = Some(source);
+        }
+    };
+    match event {
+        Event::RequestApproved { by, source } => decide(S::Approved, by.as_str(), *source),
+        Event::RequestDenied { by, source } => decide(S::Denied, by.as_str(), *source),
+        Event::RequestCancelled {} => decide(S::Cancelled, actor, Source::Rest),
+        Event::RequestExpired {} => decide(S::Expired, SYSTEM_ACTOR, Source::System),
+        Event::RequestApplied { .. } => {
+            if matches!(r.status, S::Approved | S::Failed) {
+                r.status = S::Applied;
+                r.applied_at = Some(at);
+                r.failure_reason = None;
+            }
+        }
+        Event::RequestFailed { reason } => {
+            if matches!(r.status, S::Approved | S::Failed) {
+                r.status = S::Failed;
+                r.failure_reason = Some(reason.clone());
+            }
+        }
+        Event::RequestSubmitted { .. }
+        | Event::DecisionRequested { .. }
+        | Event::DecisionRejected { .. } => {}
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn user(s: &str) -> Username {
+        Username::parse(s).unwrap()
+    }
+
+    fn t0() -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap()
+    }
+
+    fn fresh(requester: &str) -> RequestRecord {
+        submit(
+            RequestId::new(),
+            user(requester),
+            TenantName::parse("genomics").unwrap(),
+            Permission::ReadOnly,
+            None,
+            None,
+            t0(),
+        )
+        .record
+    }
+
+    fn approve(by: &str) -> Command {
+        Command::Decide {
+            decision: Decision::Approve,
+            by: user(by),
+            source: Source::Slack,
+        }
+    }
+
+    #[test]
+    fn an_approval_moves_pending_to_approved_and_emits_it() {
+        let r = fresh("alice");
+        let s = step(&r, &approve("bob"), t0(), &Policy::default()).unwrap();
+        assert!(s.changed);
+        assert_eq!(s.record.status, RequestStatus::Approved);
+        assert_eq!(s.record.decided_by.as_deref(), Some("bob"));
+        assert!(matches!(
+            &s.effects[..],
+            [Effect::Emit(Emit {
+                event: Event::RequestApproved { .. },
+                dedupe: Dedupe::Transition,
+                ..
+            })]
+        ));
+    }
+
+    #[test]
+    fn a_second_decider_is_refused_and_the_refusal_is_audited() {
+        let r = step(&fresh("alice"), &approve("bob"), t0(), &Policy::default())
+            .unwrap()
+            .record;
+        let deny = Command::Decide {
+            decision: Decision::Deny,
+            by: user("carol"),
+            source: Source::Rest,
+        };
+        let refusal = step(&r, &deny, t0(), &Policy::default()).unwrap_err();
+        assert_eq!(
+            refusal.to_string(),
+            "the request is already approved (by bob)"
+        );
+        let audit = rejection(&deny, &refusal).unwrap();
+        assert_eq!(audit.dedupe, Dedupe::PerCause);
+        assert!(matches!(
+            audit.event,
+            Event::DecisionRejected {
+                status: RequestStatus::Approved,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_redelivered_approval_repeats_its_event_without_changing_anything() {
+        let r = step(&fresh("alice"), &approve("bob"), t0(), &Policy::default())
+            .unwrap()
+            .record;
+        let again = step(&r, &approve("bob"), t0(), &Policy::default()).unwrap();
+        assert!(!again.changed);
+        assert_eq!(again.record, r);
+        assert_eq!(again.effects.len(), 1);
+    }
+
+    #[test]
+    fn expiry_waits_for_the_ttl() {
+        let p = Policy {
+            request_ttl: Duration::from_secs(60),
+        };
+        let r = fresh("alice");
+        let early = t0() + time::Duration::seconds(59);
+        assert_eq!(step(&r, &Command::Expire, early, &p), Err(Refusal::NotDue));
+        let due = t0() + time::Duration::seconds(60);
+        let s = step(&r, &Command::Expire, due, &p).unwrap();
+        assert_eq!(s.record.status, RequestStatus::Expired);
+        assert_eq!(s.record.decided_by.as_deref(), Some(SYSTEM_ACTOR));
+    }
+
+    #[test]
+    fn a_grant_order_becomes_one_governance_call_and_its_outcome() {
+        let p = Policy::default();
+        let r = step(&fresh("alice"), &approve("bob"), t0(), &p)
+            .unwrap()
+            .record;
+        let start = step(&r, &Command::StartGrant, t0(), &p).unwrap();
+        assert!(!start.changed);
+        assert_eq!(start.effects, vec![Effect::Grant(Membership::of(&r))]);
+        let failed = step(
+            &r,
+            &Command::GrantFailed {
+                reason: "no such group".into(),
+            },
+            t0(),
+            &p,
+        )
+        .unwrap();
+        assert_eq!(failed.record.status, RequestStatus::Failed);
+        assert!(
+            failed
+                .effects
+                .contains(&Effect::DeadLetter("no such group".into()))
+        );
+        // A replayed dead letter tries again, and success clears the reason.
+        let retry = step(&failed.record, &Command::StartGrant, t0(), &p).unwrap();
+        assert!(matches!(retry.effects[..], [Effect::Grant(_)]));
+        let applied = step(&failed.record, &Command::Granted, t0(), &p).unwrap();
+        assert_eq!(applied.record.status, RequestStatus::Applied);
+        assert_eq!(applied.record.failure_reason, None);
+        // Once applied, a grant order only re-emits the outcome.
+        let late = step(&applied.record, &Command::StartGrant, t0(), &p).unwrap();
+        assert!(late.effects.iter().all(|e| !matches!(e, Effect::Grant(_))));
+    }
+
+    #[test]
+    fn only_the_requester_cancels_and_only_while_pending() {
+        let p = Policy::default();
+        let r = fresh("alice");
+        let by = |u: &str| Command::Cancel { by: user(u) };
+        assert_eq!(step(&r, &by("bob"), t0(), &p), Err(Refusal::NotRequester));
+        let c = step(&r, &by("alice"), t0(), &p).unwrap();
+        assert_eq!(c.record.status, RequestStatus::Cancelled);
+        let again = step(&c.record, &by("alice"), t0(), &p).unwrap();
+        assert!(!again.changed, "a second cancel is a repeat");
+        let approved = step(&r, &approve("bob"), t0(), &p).unwrap().record;
+        assert!(matches!(
+            step(&approved, &by("alice"), t0(), &p),
+            Err(Refusal::Settled { .. })
+        ));
+    }
+
+    const PEOPLE: [&str; 3] = ["alice", "bob", "carol"];
+
+    fn any_command() -> impl Strategy<Value = Command> {
+        let who = (0..PEOPLE.len()).prop_map(|i| user(PEOPLE[i]));
+        prop_oneof![
+            (any::<bool>(), who.clone(), any::<bool>()).prop_map(|(ok, by, slack)| {
+                Command::Decide {
+                    decision: if ok {
+                        Decision::Approve
+                    } else {
+                        Decision::Deny
+                    },
+                    by,
+                    source: if slack { Source::Slack } else { Source::Rest },
+                }
+            }),
+            who.prop_map(|by| Command::Cancel { by }),
+            Just(Command::Expire),
+            Just(Command::StartGrant),
+            Just(Command::Granted),
+            prop_oneof![Just("refused"), Just("timeout")]
+                .prop_map(|r| Command::GrantFailed { reason: r.into() }),
+        ]
+    }
+
+    /// The edges of the lifecycle; a changed step moves along exactly one of them.
+    fn allowed(from: RequestStatus, to: RequestStatus) -> bool {
+        use RequestStatus as S;
+        matches!(
+            (from, to),
+            (
+                S::Pending,
+                S::Approved | S::Denied | S::Cancelled | S::Expired
+            ) | (S::Approved, S::Applied | S::Failed)
+                | (S::Failed, S::Applied | S::Failed)
+        )
+    }
+
+    fn projection(r: &RequestRecord) -> impl PartialEq + std::fmt::Debug {
+        (
+            r.status,
+            r.decided_by.clone(),
+            r.decided_at,
+            r.decision_source,
+            r.applied_at,
+            r.failure_reason.clone(),
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// For any sequence of commands: a terminal state never changes, every change
+        /// follows an edge of the lifecycle, at most one decision wins, the requester never
+        /// decides, no governance call is ordered once the grant is applied, and the
+        /// emitted events replay to the record.
+        #[test]
+        fn the_rules_hold_for_any_sequence(
+            requester in 0..PEOPLE.len(),
+            ttl_secs in 1u64..1_000,
+            script in proptest::collection::vec((any_command(), 0i64..400), 1..40),
+        ) {
+            let policy = Policy { request_ttl: Duration::from_secs(ttl_secs) };
+            let first = submit(
+                RequestId::new(),
+                user(PEOPLE[requester]),
+                TenantName::parse("genomics").unwrap(),
+                Permission::ReadWrite,
+                None,
+                None,
+                t0(),
+            );
+            let initial = first.record.clone();
+            let mut record = first.record;
+            let mut history: Vec<(Event, String, OffsetDateTime)> = Vec::new();
+            let mut now = t0();
+            let mut winning_decisions = 0;
+            let mut ever_applied = false;
+            for (cmd, advance) in script {
+                now += time::Duration::seconds(advance);
+                let before = record.clone();
+                let result = step(&before, &cmd, now, &policy);
+                if let Command::Decide { by, .. } = &cmd
+                    && *by == before.requester
+                {
+                    prop_assert_eq!(&result, &Err(Refusal::OwnRequest));
+                }
+                let Ok(s) = result else { continue };
+                if before.status.is_terminal() {
+                    prop_assert!(!s.changed, "terminal {} changed by {:?}", before.status, cmd);
+                    prop_assert_eq!(&s.record, &before);
+                }
+                if s.changed {
+                    prop_assert!(
+                        allowed(before.status, s.record.status) || before.status == s.record.status,
+                        "{} -> {} by {:?}", before.status, s.record.status, cmd
+                    );
+                    if before.status == RequestStatus::Pending {
+                        winning_decisions += 1;
+                    }
+                } else {
+                    prop_assert_eq!(&s.record, &before);
+                }
+                for e in &s.effects {
+                    match e {
+                        Effect::Grant(m) => {
+                            prop_assert!(!ever_applied, "governance ordered again after applied");
+                            prop_assert!(matches!(before.status, RequestStatus::Approved | RequestStatus::Failed));
+                            prop_assert_eq!(m, &Membership::of(&before));
+                        }
+                        Effect::Emit(em) => history.push((em.event.clone(), em.actor.clone(), now)),
+                        Effect::DeadLetter(_) => {}
+                    }
+                }
+                ever_applied |= s.record.status == RequestStatus::Applied;
+                record = s.record;
+            }
+            prop_assert!(winning_decisions <= 1, "{} decisions won", winning_decisions);
+            let replayed = history
+                .iter()
+                .fold(initial, |r, (e, actor, at)| evolve(&r, e, actor, *at));
+            prop_assert_eq!(projection(&replayed), projection(&record));
+        }
+    }
+}

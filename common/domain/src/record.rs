@@ -1,0 +1,212 @@
+//! The request record (the value under `<request_id>` in `TARS_REQUESTS`) and its states.
+//!
+//! The record is the current state; only [`crate::machine`] decides how its status moves.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use crate::ids::{Justification, ParseError, Permission, RequestId, TenantName, Username};
+
+/// Where a request stands; see the state machine in `docs/architecture.md`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestStatus {
+    /// Waiting for an approver.
+    Pending,
+    /// Approved; the governance-applier has not finished yet.
+    Approved,
+    /// An approver said no.
+    Denied,
+    /// The requester withdrew it while pending.
+    Cancelled,
+    /// Nobody decided within `REQUEST_TTL`.
+    Expired,
+    /// The governance API granted the membership.
+    Applied,
+    /// The governance API refused, or retries ran out; replaying the dead letter retries.
+    Failed,
+    /// Access was removed after being applied (time-bound access or an admin's revoke).
+    Revoked,
+}
+
+impl RequestStatus {
+    /// The wire spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Cancelled => "cancelled",
+            Self::Expired => "expired",
+            Self::Applied => "applied",
+            Self::Failed => "failed",
+            Self::Revoked => "revoked",
+        }
+    }
+
+    /// Terminal states never change again.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Denied | Self::Cancelled | Self::Expired | Self::Revoked
+        )
+    }
+
+    /// Every status, for metrics and filters.
+    pub const ALL: [RequestStatus; 8] = [
+        Self::Pending,
+        Self::Approved,
+        Self::Denied,
+        Self::Cancelled,
+        Self::Expired,
+        Self::Applied,
+        Self::Failed,
+        Self::Revoked,
+    ];
+}
+
+impl fmt::Display for RequestStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for RequestStatus {
+    type Err = ParseError;
+    fn from_str(s: &str) -> Result<Self, ParseError> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| ParseError::new("status", format!("unknown status {s:?}")))
+    }
+}
+
+/// Where a decision came from, recorded for the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// A click or modal in Slack.
+    Slack,
+    /// The REST API.
+    Rest,
+    /// TARS itself (expiry sweep, policy).
+    System,
+}
+
+/// The Slack message that shows a request, so later events update it instead of posting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlackMessageRef {
+    /// Channel id the message lives in.
+    pub channel: String,
+    /// The message timestamp Slack uses as its id.
+    pub ts: String,
+}
+
+/// A notifier replica's claim to post the first Slack message; another replica that sees
+/// a fresh claim backs off instead of posting a duplicate.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlackClaim {
+    /// Who claimed (a random id per notifier process).
+    pub by: String,
+    /// When, so a claim by a crashed replica can be taken over.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+}
+
+/// The current state of one request: the value under `<request_id>` in `TARS_REQUESTS`.
+///
+/// Every field added later must be optional (`#[serde(default)]`) so that records written by
+/// older versions still load.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// The record's schema version.
+    pub v: u32,
+    /// The request's id (also its KV key).
+    pub request_id: RequestId,
+    /// Who asked.
+    pub requester: Username,
+    /// For which tenant.
+    pub tenant_name: TenantName,
+    /// For which access.
+    pub permission: Permission,
+    /// The requester's reason, if any.
+    #[serde(default)]
+    pub justification: Option<Justification>,
+    /// Where it stands.
+    pub status: RequestStatus,
+    /// When it was submitted.
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+    /// When it last changed.
+    #[serde(with = "time::serde::rfc3339")]
+    pub updated_at: OffsetDateTime,
+    /// Who approved, denied, cancelled or expired it.
+    #[serde(default)]
+    pub decided_by: Option<String>,
+    /// When that happened.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub decided_at: Option<OffsetDateTime>,
+    /// Whether the decision came from Slack, REST or TARS itself.
+    #[serde(default)]
+    pub decision_source: Option<Source>,
+    /// When the governance API granted the access.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub applied_at: Option<OffsetDateTime>,
+    /// Why applying failed, as the governance API said it.
+    #[serde(default)]
+    pub failure_reason: Option<String>,
+    /// The Slack message that shows this request.
+    #[serde(default)]
+    pub slack: Option<SlackMessageRef>,
+    /// A notifier's claim to post the first message.
+    #[serde(default)]
+    pub slack_claim: Option<SlackClaim>,
+    /// How long the access should last once applied, if the requester asked for
+    /// time-bound access (bounded by `MAX_ACCESS_DURATION`).
+    #[serde(default)]
+    pub access_duration_secs: Option<u64>,
+}
+
+impl RequestRecord {
+    /// The current record schema version.
+    pub const VERSION: u32 = 1;
+
+    /// A new pending request.
+    pub fn new_pending(
+        request_id: RequestId,
+        requester: Username,
+        tenant_name: TenantName,
+        permission: Permission,
+        justification: Option<Justification>,
+        now: OffsetDateTime,
+    ) -> Self {
+        Self {
+            v: Self::VERSION,
+            request_id,
+            requester,
+            tenant_name,
+            permission,
+            justification,
+            status: RequestStatus::Pending,
+            created_at: now,
+            updated_at: now,
+            decided_by: None,
+            decided_at: None,
+            decision_source: None,
+            applied_at: None,
+            failure_reason: None,
+            slack: None,
+            slack_claim: None,
+            access_duration_secs: None,
+        }
+    }
+}
+
+/// The current time, truncated to milliseconds so records round-trip through RFC 3339.
+pub fn now() -> OffsetDateTime {
+    let t = OffsetDateTime::now_utc();
+    t.replace_nanosecond(t.nanosecond() / 1_000_000 * 1_000_000)
+        .unwrap_or(t)
+}

@@ -1,0 +1,16 @@
+//! What every TARS process needs to be run and watched, and nothing about its work:
+//! metrics, probes, logging, shutdown and configuration helpers.
+//!
+//! | module | why it exists |
+//! |---|---|
+//! | [`metrics`] | one Prometheus registry per process with every `tars_*` family |
+//! | [`health`] | `/metrics`, `/livez`, `/readyz` (readiness supplied by the service) |
+//! | [`telemetry`] | JSON or text logs, installed once |
+//! | [`shutdown`] | one cancellation token fired by SIGTERM or SIGINT |
+//! | [`config`] | errors that name their variable, `_FILE` secrets, all problems reported at once |
+
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod shutdown;
+pub mod telemetry;

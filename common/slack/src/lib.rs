@@ -1,0 +1,16 @@
+//! Everything Slack: request signatures, the Web API client, the Block Kit messages and
+//! the bot settings.
+//!
+//! | module | why it exists |
+//! |---|---|
+//! | [`signature`] | v0 signature checks on the raw body, in constant time |
+//! | [`client`] | `chat.postMessage`, `chat.update`, `views.open`, with a shared per-channel rate-limit gate |
+//! | [`blocks`] | the message of one request, rendered from its current record |
+//! | [`config`] | `SLACK_BOT_TOKEN` (or its `_FILE`) and `SLACK_API_URL` |
+
+pub mod blocks;
+pub mod client;
+pub mod config;
+pub mod signature;
+
+pub use client::{Posted, SlackClient, SlackError};
