@@ -167,7 +167,7 @@ pub enum Refusal {
     #[error("only the requester may cancel a request")]
     NotRequester,
     /// The request is past the point where this command applies.
-    #[error("the request is already {status}{}", by.as_deref().map(|b| format!(" (by {b})")).unwrap_or_default())]
+    #[error("already {status}{}", by.as_deref().map(|b| format!(" (by {b})")).unwrap_or_default())]
     Settled {
         /// Where it stands.
         status: RequestStatus,
@@ -477,10 +477,7 @@ mod tests {
             source: Source::Rest,
         };
         let refusal = step(&r, &deny, t0(), &Policy::default()).unwrap_err();
-        assert_eq!(
-            refusal.to_string(),
-            "the request is already approved (by bob)"
-        );
+        assert_eq!(refusal.to_string(), "already approved (by bob)");
         let audit = rejection(&deny, &refusal).unwrap();
         assert_eq!(audit.dedupe, Dedupe::PerCause);
         assert!(matches!(

@@ -199,13 +199,15 @@ impl RequestStore {
     /// compare-and-set when the record changed, and on a lost race load and step again.
     /// The returned step's record is the one stored; its effects are the caller's to carry
     /// out, after this returns.
+    /// `now` is the time the step happens at; the caller publishes its events with the
+    /// same time, so the record and the audit trail agree.
     pub async fn step(
         &self,
         id: &RequestId,
         cmd: &Command,
+        now: time::OffsetDateTime,
         policy: &Policy,
     ) -> Result<Result<Step, Refusal>, StoreError> {
-        let now = tars_domain::now();
         let (result, stored) = self
             .modify(id, |r| match machine::step(r, cmd, now, policy) {
                 Ok(s) if s.changed => {

@@ -1,12 +1,14 @@
-//! The state machine: decisions and expiry, each a compare-and-set on the record.
+//! The decision shell: steps the state machine for decisions and expiry, writes the
+//! record with compare-and-set, then publishes what the step emitted.
 
 use std::time::Duration;
 
-use tars_domain::events::{Decision, Envelope, Event};
-use tars_domain::{RequestId, RequestStatus, Source, Username, now};
+use tars_domain::RequestId;
+use tars_domain::events::Event;
+use tars_domain::machine::{self, Command, Effect, Emit, Policy, Refusal};
 use tars_jetstream::publish::EventPublisher;
 use tars_jetstream::service::Connected;
-use tars_jetstream::store::{Change, RequestStore, StoreError};
+use tars_jetstream::store::{RequestStore, StoreError};
 use tars_jetstream::worker::{Delivery, Handler, Outcome};
 use tars_observability::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
@@ -16,20 +18,11 @@ pub struct Worker {
     store: RequestStore,
     publisher: EventPublisher,
     metrics: Metrics,
+    /// The rules the machine applies (the expiry TTL today).
+    policy: Policy,
     /// Expiry events whose publish failed after the record changed; the next sweep
     /// publishes them (their `Nats-Msg-Id` keeps each once).
-    unpublished: std::sync::Mutex<Vec<Envelope>>,
-}
-
-enum Verdict {
-    /// This decision changed the record now.
-    Won(RequestStatus),
-    /// This decision had already won (a redelivery): publish again, the id dedupes.
-    AlreadyWon(RequestStatus),
-    /// The request was no longer pending (or the decider is the requester).
-    Lost(RequestStatus),
-    /// The requester tried to decide their own request.
-    OwnRequest,
+    unpublished: std::sync::Mutex<Vec<(RequestId, Emit)>>,
 }
 
 fn store_outcome(e: StoreError) -> Outcome {
@@ -41,166 +34,115 @@ fn store_outcome(e: StoreError) -> Outcome {
 }
 
 impl Worker {
-    /// Builds the handler from a connected process.
-    pub fn new(conn: &Connected) -> Self {
+    /// Builds the handler from a connected process and the policy it applies.
+    pub fn new(conn: &Connected, policy: Policy) -> Self {
         Self {
             store: RequestStore::new(conn.topology.requests.clone()),
             publisher: EventPublisher::new(conn.topology.js.clone(), conn.metrics.clone()),
             metrics: conn.metrics.clone(),
+            policy,
             unpublished: std::sync::Mutex::default(),
         }
     }
 
     /// Applies one decision; `cause` is the decision message's stream sequence, which
     /// keys the rejection event so a redelivered losing decision is recorded once.
-    async fn decide(
-        &self,
-        id: &RequestId,
-        decision: Decision,
-        by: &Username,
-        source: Source,
-        cause: u64,
-    ) -> Outcome {
-        let target = match decision {
-            Decision::Approve => RequestStatus::Approved,
-            Decision::Deny => RequestStatus::Denied,
-        };
-        let result = self
-            .store
-            .modify(id, |r| {
-                if r.requester == *by {
-                    return Change::Keep(Verdict::OwnRequest);
-                }
-                if r.status == RequestStatus::Pending {
-                    r.status = target;
-                    r.decided_by = Some(by.to_string());
-                    r.decided_at = Some(now());
-                    r.decision_source = Some(source);
-                    return Change::Write(Verdict::Won(target));
-                }
-                let same_decider = r.decided_by.as_deref() == Some(by.as_str());
-                let consistent = match decision {
-                    Decision::Approve => matches!(
-                        r.status,
-                        RequestStatus::Approved | RequestStatus::Applied | RequestStatus::Failed
-                    ),
-                    Decision::Deny => r.status == RequestStatus::Denied,
-                };
-                if same_decider && consistent {
-                    Change::Keep(Verdict::AlreadyWon(target))
-                } else {
-                    Change::Keep(Verdict::Lost(r.status))
-                }
-            })
-            .await;
-        let verdict = match result {
-            Ok((v, _)) => v,
+    async fn decide(&self, id: &RequestId, cmd: Command, cause: u64) -> Outcome {
+        let now = tars_domain::now();
+        let stepped = match self.store.step(id, &cmd, now, &self.policy).await {
+            Ok(s) => s,
             Err(e) => return store_outcome(e),
         };
-        let event = match verdict {
-            Verdict::Won(status) | Verdict::AlreadyWon(status) => {
-                if matches!(verdict, Verdict::Won(_)) {
+        let effects = match stepped {
+            Ok(step) => {
+                if step.changed {
+                    let status = step.record.status;
                     self.metrics
                         .requests
                         .with_label_values(&[status.as_str()])
                         .inc();
-                    tracing::info!(%by, %status, "decided");
+                    tracing::info!(%status, "decided");
                 }
-                match decision {
-                    Decision::Approve => Event::RequestApproved {
-                        by: by.clone(),
-                        source,
-                    },
-                    Decision::Deny => Event::RequestDenied {
-                        by: by.clone(),
-                        source,
-                    },
-                }
+                step.effects
             }
-            Verdict::Lost(status) => {
-                tracing::info!(%by, %status, "decision on a request that is no longer pending: recorded, not applied");
-                Event::DecisionRejected {
-                    decision,
-                    by: by.clone(),
-                    status,
+            Err(refusal) => {
+                match &refusal {
+                    Refusal::OwnRequest => {
+                        tracing::warn!("a requester tried to decide their own request");
+                    }
+                    other => {
+                        tracing::info!(refusal = %other, "decision refused: recorded, not applied");
+                    }
                 }
-            }
-            Verdict::OwnRequest => {
-                tracing::warn!(%by, "a requester tried to decide their own request");
-                Event::DecisionRejected {
-                    decision,
-                    by: by.clone(),
-                    status: RequestStatus::Pending,
-                }
+                machine::rejection(&cmd, &refusal)
+                    .map(Effect::Emit)
+                    .into_iter()
+                    .collect()
             }
         };
-        let env = Envelope::new(id.clone(), by.to_string(), event);
-        let published = match &env.event {
-            Event::DecisionRejected { .. } => {
-                self.publisher
-                    .publish(&env, &format!("{id}.decision.rejected.{cause}"))
-                    .await
-            }
-            _ => self.publisher.publish_transition(&env).await,
-        };
-        match published {
-            Ok(_) => Outcome::Ack,
+        match self.publisher.emit_all(id, &effects, cause, now).await {
+            Ok(()) => Outcome::Ack,
             Err(e) => Outcome::retry(e.to_string()),
         }
     }
 
-    /// Expires every pending request older than `ttl`; safe to run on every replica at
-    /// once (the compare-and-set lets one win, the publish id dedupes).
-    pub async fn expire_stale(&self, ttl: Duration) -> Result<usize, StoreError> {
-        let cutoff = now() - ttl;
-        let mut expired = 0;
-        let retry: Vec<Envelope> =
+    /// Publishes the expiry events a previous sweep could not.
+    async fn publish_backlog(&self) {
+        let backlog: Vec<(RequestId, Emit)> =
             std::mem::take(&mut *self.unpublished.lock().unwrap_or_else(|p| p.into_inner()));
-        for env in retry {
-            if self.publisher.publish_transition(&env).await.is_err() {
+        for (id, emit) in backlog {
+            if self
+                .publisher
+                .emit(&id, &emit, 0, tars_domain::now())
+                .await
+                .is_err()
+            {
                 self.unpublished
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .push(env);
+                    .push((id, emit));
             }
         }
+    }
+
+    /// Expires every pending request older than the policy's TTL; safe to run on every
+    /// replica at once (the compare-and-set lets one win, the publish id dedupes).
+    pub async fn expire_stale(&self) -> Result<usize, StoreError> {
+        self.publish_backlog().await;
+        let cutoff = tars_domain::now() - self.policy.request_ttl;
         let stale = self
             .store
             .pending()
             .await?
             .into_iter()
             .filter(|id| id.created_at().is_none_or(|t| t <= cutoff));
+        let mut expired = 0;
         for id in stale {
-            let result = self
+            let now = tars_domain::now();
+            let step = match self
                 .store
-                .modify(&id, |r| {
-                    if r.status != RequestStatus::Pending || r.created_at > cutoff {
-                        return Change::Keep(false);
-                    }
-                    r.status = RequestStatus::Expired;
-                    r.decided_by = Some("tars".into());
-                    r.decided_at = Some(now());
-                    r.decision_source = Some(Source::System);
-                    Change::Write(true)
-                })
-                .await;
-            let changed = match result {
-                Ok((changed, _)) => changed,
+                .step(&id, &Command::Expire, now, &self.policy)
+                .await
+            {
+                Ok(Ok(step)) if step.changed => step,
+                // Decided meanwhile, not due after all, or a repeat of an expiry whose
+                // event is in the backlog.
+                Ok(_) => continue,
                 // An index entry whose record a crashed submission never wrote.
-                Err(StoreError::NotFound(_)) => false,
+                Err(StoreError::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            if changed {
-                expired += 1;
-                self.metrics.requests.with_label_values(&["expired"]).inc();
-                let env = Envelope::new(id.clone(), "tars", Event::RequestExpired {});
-                if let Err(e) = self.publisher.publish_transition(&env).await {
+            expired += 1;
+            self.metrics.requests.with_label_values(&["expired"]).inc();
+            for effect in step.effects {
+                let Effect::Emit(emit) = effect else { continue };
+                if let Err(e) = self.publisher.emit(&id, &emit, 0, now).await {
                     // The record says expired; the event goes out on the next sweep.
                     tracing::warn!(error = %e, request_id = %id, "expired, but the event was not published yet");
                     self.unpublished
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push(env);
+                        .push((id.clone(), emit));
                 }
             }
         }
@@ -208,9 +150,9 @@ impl Worker {
     }
 
     /// Sweeps every `every` until shutdown.
-    pub async fn sweep_forever(&self, ttl: Duration, every: Duration, shutdown: CancellationToken) {
+    pub async fn sweep_forever(&self, every: Duration, shutdown: CancellationToken) {
         loop {
-            match self.expire_stale(ttl).await {
+            match self.expire_stale().await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(expired = n, "expired stale pending requests"),
                 Err(e) => tracing::warn!(error = %e, "expiry sweep failed; will try again"),
@@ -233,8 +175,12 @@ impl Handler for Worker {
                 source,
                 ..
             } => {
-                self.decide(&id, *decision, by, *source, delivery.stream_seq)
-                    .await
+                let cmd = Command::Decide {
+                    decision: *decision,
+                    by: by.clone(),
+                    source: *source,
+                };
+                self.decide(&id, cmd, delivery.stream_seq).await
             }
             other => Outcome::dead_letter(format!(
                 "the decision worker does not handle {}",

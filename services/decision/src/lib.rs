@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use tars_domain::duration::parse_duration;
+use tars_domain::machine::Policy;
 use tars_jetstream::config::{CommonArgs, WorkerArgs};
 use tars_jetstream::service::{self, ServiceError};
 use tars_jetstream::topology::DECISION;
@@ -48,13 +49,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), ServiceError> {
     let conn = service::connect(&args.common, "tars-decision", metrics).await?;
-    let sweeper = Arc::new(Worker::new(&conn));
+    let policy = Policy {
+        request_ttl: args.request_ttl,
+    };
+    let sweeper = Arc::new(Worker::new(&conn, policy.clone()));
     let every = args.sweep_interval.min(Duration::from_secs(30));
     let sweep = tokio::spawn({
-        let (s, ttl, stop) = (sweeper.clone(), args.request_ttl, shutdown.clone());
-        async move { s.sweep_forever(ttl, every, stop).await }
+        let (s, stop) = (sweeper.clone(), shutdown.clone());
+        async move { s.sweep_forever(every, stop).await }
     });
-    let worker = Worker::new(&conn);
+    let worker = Worker::new(&conn, policy);
     let result = service::run_worker(DECISION, conn, worker, &args.worker, shutdown).await;
     let _ = sweep.await;
     result

@@ -1,11 +1,13 @@
-//! Grants an approved request in the governance API and records the outcome.
+//! The governance shell: takes a grant order (`request.approved`), asks the state machine
+//! what to do, carries out the governance call, and steps the machine with the outcome.
 
-use tars_domain::events::{Envelope, Event};
-use tars_domain::{RequestId, RequestStatus, now};
+use tars_domain::RequestId;
+use tars_domain::events::Event;
+use tars_domain::machine::{Command, Effect, Membership, Policy, Refusal};
 use tars_governance::{GovernanceClient, GovernanceError};
 use tars_jetstream::publish::EventPublisher;
 use tars_jetstream::service::Connected;
-use tars_jetstream::store::{Change, RequestStore, StoreError};
+use tars_jetstream::store::{RequestStore, StoreError};
 use tars_jetstream::worker::{Delivery, Handler, Outcome};
 use tars_observability::metrics::Metrics;
 
@@ -15,13 +17,15 @@ pub struct Worker {
     publisher: EventPublisher,
     governance: GovernanceClient,
     metrics: Metrics,
+    /// The rules the machine applies (none of today's concern the applier's steps).
+    policy: Policy,
 }
 
 fn store_outcome(e: StoreError) -> Outcome {
-    if e.is_transient() {
-        Outcome::retry(e.to_string())
-    } else {
-        Outcome::dead_letter(e.to_string())
+    match e {
+        StoreError::NotFound(id) => Outcome::dead_letter(format!("request {id} does not exist")),
+        e if e.is_transient() => Outcome::retry(e.to_string()),
+        e => Outcome::dead_letter(e.to_string()),
     }
 }
 
@@ -33,139 +37,104 @@ impl Worker {
             publisher: EventPublisher::new(conn.topology.js.clone(), conn.metrics.clone()),
             governance,
             metrics: conn.metrics.clone(),
+            policy: Policy::default(),
         }
     }
 
-    /// Moves the record to `status` (from approved or failed) and publishes `event`;
-    /// `cause` (the approval message's stream sequence) keys a failure event, since a
-    /// request may fail, be replayed and fail again.
-    async fn record(
-        &self,
-        id: &RequestId,
-        status: RequestStatus,
-        reason: Option<String>,
-        event: Event,
-        cause: u64,
-    ) -> Result<(), Outcome> {
-        let (changed, _) = self
-            .store
-            .modify(id, |r| {
-                let open = matches!(r.status, RequestStatus::Approved | RequestStatus::Failed);
-                let unchanged = r.status == status && r.failure_reason == reason;
-                if !open || unchanged {
-                    return Change::Keep(false);
-                }
-                r.status = status;
-                match status {
-                    RequestStatus::Applied => {
-                        r.applied_at = Some(now());
-                        r.failure_reason = None;
-                    }
-                    _ => r.failure_reason = reason.clone(),
-                }
-                Change::Write(true)
-            })
-            .await
-            .map_err(store_outcome)?;
-        if changed {
+    /// Steps `cmd`, publishes what it emitted (`cause` keys per-cause ids: a request may
+    /// fail, be replayed and fail again) and returns the effects left to carry out.
+    async fn step(&self, id: &RequestId, cmd: Command, cause: u64) -> Result<Vec<Effect>, Outcome> {
+        let now = tars_domain::now();
+        let step = match self.store.step(id, &cmd, now, &self.policy).await {
+            Ok(Ok(step)) => step,
+            Ok(Err(Refusal::NotApproved)) => {
+                return Err(Outcome::retry("the record is not approved yet"));
+            }
+            Ok(Err(refusal)) => {
+                tracing::info!(%refusal, "grant order for a request that moved on: nothing to do");
+                return Err(Outcome::Ack);
+            }
+            Err(e) => return Err(store_outcome(e)),
+        };
+        if step.changed {
+            let status = step.record.status;
             self.metrics
                 .requests
                 .with_label_values(&[status.as_str()])
                 .inc();
         }
-        let env = Envelope::new(id.clone(), "tars", event);
-        // A failure can happen again after a replay: give each its own id.
-        let published = if status == RequestStatus::Failed {
-            self.publisher
-                .publish(&env, &format!("{id}.request.failed.{cause}"))
-                .await
-        } else {
-            self.publisher.publish_transition(&env).await
-        };
-        published
-            .map(|_| ())
-            .map_err(|e| Outcome::retry(e.to_string()))
-    }
-
-    /// Records `failed` with the reason and dead-letters the message, so an admin can
-    /// replay it once the cause is fixed.
-    async fn fail(&self, id: &RequestId, reason: String, cause: u64) -> Outcome {
-        let event = Event::RequestFailed {
-            reason: reason.clone(),
-        };
-        match self
-            .record(
-                id,
-                RequestStatus::Failed,
-                Some(reason.clone()),
-                event,
-                cause,
-            )
+        self.publisher
+            .emit_all(id, &step.effects, cause, now)
             .await
-        {
-            Ok(()) => Outcome::dead_letter(reason),
-            Err(o) => o,
+            .map_err(|e| Outcome::retry(e.to_string()))?;
+        Ok(step
+            .effects
+            .into_iter()
+            .filter(|e| !matches!(e, Effect::Emit(_)))
+            .collect())
+    }
+
+    /// Carries out a grant order.
+    async fn apply(&self, id: &RequestId, last_attempt: bool, cause: u64) -> Outcome {
+        let effects = match self.step(id, Command::StartGrant, cause).await {
+            Ok(effects) => effects,
+            Err(outcome) => return outcome,
+        };
+        // A grant order yields one governance call, or nothing (already applied: the
+        // step re-emitted the outcome).
+        let grant = effects.into_iter().find_map(|e| match e {
+            Effect::Grant(m) => Some(m),
+            _ => None,
+        });
+        match grant {
+            Some(m) => self.grant(id, &m, last_attempt, cause).await,
+            None => Outcome::Ack,
         }
     }
 
-    async fn apply(&self, id: &RequestId, last_attempt: bool, cause: u64) -> Outcome {
-        let rec = match self.store.get(id).await {
-            Ok(Some(v)) => v.value,
-            Ok(None) => return Outcome::dead_letter(format!("request {id} does not exist")),
-            Err(e) => return store_outcome(e),
-        };
-        match rec.status {
-            RequestStatus::Approved | RequestStatus::Failed => {}
-            RequestStatus::Applied => {
-                // Granted already; the event may not have gone out if the last attempt
-                // died between the record and the publish: publish again (same
-                // Nats-Msg-Id, so the stream keeps one).
-                let group = rec.permission.group_for(&rec.tenant_name);
-                let env = Envelope::new(id.clone(), "tars", Event::RequestApplied { group });
-                return match self.publisher.publish_transition(&env).await {
-                    Ok(_) => Outcome::Ack,
-                    Err(e) => Outcome::retry(e.to_string()),
-                };
-            }
-            RequestStatus::Pending => return Outcome::retry("the record is not approved yet"),
-            other => {
-                tracing::info!(status = %other, "approved event for a request that is now {other}: nothing to apply");
-                return Outcome::Ack;
-            }
-        }
-        let group = rec.permission.group_for(&rec.tenant_name);
-        match self.governance.add_member(&group, &rec.requester).await {
+    /// Calls the governance API for `m` and steps the machine with its answer.
+    async fn grant(
+        &self,
+        id: &RequestId,
+        m: &Membership,
+        last_attempt: bool,
+        cause: u64,
+    ) -> Outcome {
+        let group = m.group();
+        let reason = match self.governance.add_member(&group, &m.user).await {
             Ok(()) => {
-                tracing::info!(%group, user = %rec.requester, "access granted");
-                match self
-                    .record(
-                        id,
-                        RequestStatus::Applied,
-                        None,
-                        Event::RequestApplied { group },
-                        cause,
-                    )
-                    .await
-                {
-                    Ok(()) => Outcome::Ack,
+                tracing::info!(%group, user = %m.user, "access granted");
+                return match self.step(id, Command::Granted, cause).await {
+                    Ok(_) | Err(Outcome::Ack) => Outcome::Ack,
                     Err(o) => o,
-                }
+                };
             }
             Err(GovernanceError::Permanent(reason)) => {
                 tracing::warn!(%group, %reason, "governance refused");
-                self.fail(id, reason, cause).await
+                reason
             }
             Err(GovernanceError::Transient(reason)) if last_attempt => {
-                self.fail(id, format!("retries exhausted: {reason}"), cause)
-                    .await
+                format!("retries exhausted: {reason}")
             }
             Err(GovernanceError::Transient(reason)) => {
                 self.metrics
                     .external_retries
                     .with_label_values(&["governance"])
                     .inc();
-                Outcome::retry(reason)
+                return Outcome::retry(reason);
             }
+        };
+        // `failed` is recorded, then the message is dead-lettered so an admin can replay
+        // it once the cause is fixed.
+        match self.step(id, Command::GrantFailed { reason }, cause).await {
+            Ok(effects) => effects
+                .into_iter()
+                .find_map(|e| match e {
+                    Effect::DeadLetter(reason) => Some(Outcome::dead_letter(reason)),
+                    _ => None,
+                })
+                .unwrap_or(Outcome::Ack),
+            Err(o) => o,
         }
     }
 }

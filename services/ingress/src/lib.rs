@@ -258,6 +258,7 @@ impl Application {
             max_access_duration: args.max_access_duration,
             metrics,
             client: conn.client.clone(),
+            policy: tars_domain::machine::Policy::default(),
         };
         let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
         Ok(Self {

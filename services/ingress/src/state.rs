@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use tars_domain::Username;
+use tars_domain::machine::Policy;
 use tars_jetstream::publish::EventPublisher;
 use tars_jetstream::store::RequestStore;
 use tars_jetstream::topology::Topology;
@@ -55,4 +56,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The NATS connection, for readiness.
     pub client: async_nats::Client,
+    /// The rules the ingress checks before it accepts a command (the decision worker
+    /// applies the same ones authoritatively). Today's decision and cancel rules need no
+    /// configuration; the approval policy joins here.
+    pub policy: Policy,
 }

@@ -6,7 +6,8 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tars_domain::events::{Decision, Envelope, Event};
-use tars_domain::{Permission, RequestId, RequestStatus, Source, TenantName, Username};
+use tars_domain::machine::{self, Command, Refusal};
+use tars_domain::{Permission, RequestId, RequestRecord, Source, TenantName, Username, now};
 use tars_jetstream::store::open_slot;
 
 use crate::error::ApiError;
@@ -60,6 +61,30 @@ pub async fn publish_decision(
     Ok(())
 }
 
+/// Whether `by` may decide `rec` now, by the rules the decision worker applies (it stays
+/// the authority: the record may change between this read and its compare-and-set). A
+/// repeat of a decision already made counts as settled here, so the caller hears 409.
+pub fn may_decide(
+    st: &AppState,
+    rec: &RequestRecord,
+    decision: Decision,
+    by: &Username,
+    source: Source,
+) -> Result<(), Refusal> {
+    let cmd = Command::Decide {
+        decision,
+        by: by.clone(),
+        source,
+    };
+    match machine::step(rec, &cmd, now(), &st.policy)? {
+        step if step.changed => Ok(()),
+        step => Err(Refusal::Settled {
+            status: step.record.status,
+            by: step.record.decided_by,
+        }),
+    }
+}
+
 async fn resolve(st: &AppState, body: &DecisionBody) -> Result<RequestId, ApiError> {
     if let Some(id) = body.request_id.as_deref() {
         return RequestId::parse(id).map_err(|_| ApiError::not_found(format!("request {id}")));
@@ -100,15 +125,12 @@ async fn decide(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("request {id}")))?
         .value;
-    if rec.requester == admin {
-        return Err(ApiError::forbidden("you may not decide your own request"));
-    }
-    if rec.status != RequestStatus::Pending {
-        let by = rec.decided_by.as_deref().unwrap_or("TARS");
-        return Err(ApiError::conflict(format!(
-            "request {id} is already {} (by {by})",
-            rec.status
-        )));
+    match may_decide(&st, &rec, decision, &admin, Source::Rest) {
+        Ok(()) => {}
+        Err(Refusal::OwnRequest) => {
+            return Err(ApiError::forbidden("you may not decide your own request"));
+        }
+        Err(refusal) => return Err(ApiError::conflict(format!("request {id} is {refusal}"))),
     }
     let msg_id = format!("decision.{}", uuid::Uuid::new_v4());
     publish_decision(

@@ -6,12 +6,13 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use tars_domain::duration::{format_duration, parse_duration};
 use tars_domain::events::{Envelope, Event};
+use tars_domain::machine::{self, Command, Refusal, Step};
 use tars_domain::{
-    Justification, Permission, RequestId, RequestRecord, RequestStatus, Source, TenantName,
-    Username, now,
+    Justification, Permission, RequestId, RequestRecord, RequestStatus, TenantName, Username, now,
 };
-use tars_jetstream::store::{Change, open_slot};
+use tars_jetstream::store::open_slot;
 
 use crate::error::ApiError;
 use crate::extract::{Caller, StrictJson};
@@ -81,17 +82,16 @@ pub async fn submit(
     };
     let requester = user.username;
     let slot = open_slot(&tenant, permission);
-    let new_record = |id: RequestId| {
-        let mut r = RequestRecord::new_pending(
+    let new_request = |id: RequestId| {
+        machine::submit(
             id,
             requester.clone(),
             tenant.clone(),
             permission,
             justification.clone(),
+            duration,
             now(),
-        );
-        r.access_duration_secs = duration.map(|d| d.as_secs());
-        r
+        )
     };
     let mut took_token = false;
     for _ in 0..100 {
@@ -133,8 +133,7 @@ pub async fn submit(
                 }
                 None => {
                     // The index names an id whose record was never written: finish it.
-                    let rec = new_record(id);
-                    return create_and_publish(&st, rec).await;
+                    return create_and_publish(&st, new_request(id)).await;
                 }
             }
         }
@@ -164,8 +163,7 @@ pub async fn submit(
             .write_open_index(&requester, &open, revision)
             .await?
         {
-            let rec = new_record(id);
-            return create_and_publish(&st, rec).await;
+            return create_and_publish(&st, new_request(id)).await;
         }
     }
     Err(ApiError::unavailable(
@@ -182,43 +180,32 @@ fn access_duration(raw: &str, max: std::time::Duration) -> Result<std::time::Dur
             format!("duration: {m}"),
         )
     };
-    let d = tars_domain::duration::parse_duration(raw).map_err(invalid)?;
+    let d = parse_duration(raw).map_err(invalid)?;
     if d.is_zero() || d > max {
         return Err(invalid(format!(
             "must be more than 0 and at most {}",
-            humantime_like(max)
+            format_duration(max)
         )));
     }
     Ok(d)
 }
 
-fn humantime_like(d: std::time::Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        s if s % 86_400 == 0 => format!("{}d", s / 86_400),
-        s if s % 3_600 == 0 => format!("{}h", s / 3_600),
-        s if s % 60 == 0 => format!("{}m", s / 60),
-        s => format!("{s}s"),
-    }
-}
-
-async fn create_and_publish(st: &AppState, rec: RequestRecord) -> Result<Response, ApiError> {
-    let rec = if st.store.create(&rec).await? {
+/// Creates the record of a new request (or finds the one an earlier attempt created) and
+/// publishes its submission.
+async fn create_and_publish(st: &AppState, step: Step) -> Result<Response, ApiError> {
+    let at = step.record.created_at;
+    let rec = if st.store.create(&step.record).await? {
         st.metrics.requests.with_label_values(&["pending"]).inc();
-        rec
+        step.record
     } else {
         st.store
-            .get(&rec.request_id)
+            .get(&step.record.request_id)
             .await?
             .map(|v| v.value)
             .ok_or_else(|| ApiError::unavailable("request store inconsistent; try again"))?
     };
     st.publisher
-        .publish_transition(&Envelope::new(
-            rec.request_id.clone(),
-            rec.requester.to_string(),
-            Event::submitted(&rec),
-        ))
+        .emit_all(&rec.request_id, &step.effects, 0, at)
         .await?;
     let msg = format!(
         "Request {} for {} access to {} submitted; an approver has been notified. \
@@ -317,42 +304,36 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (rec, _) = visible(&st, &user, &id).await?;
-    if rec.requester != user.username {
-        return Err(ApiError::forbidden(
-            "only the requester may cancel a request",
-        ));
-    }
-    let (outcome, _) = st
-        .store
-        .modify(&rec.request_id, |r| {
-            if r.status != RequestStatus::Pending {
-                return Change::Keep(Err(r.status));
-            }
-            r.status = RequestStatus::Cancelled;
-            r.decided_by = Some(user.username.to_string());
-            r.decided_at = Some(now());
-            r.decision_source = Some(Source::Rest);
-            Change::Write(Ok(()))
-        })
-        .await?;
-    let cancelled = Envelope::new(
-        rec.request_id.clone(),
-        user.username.to_string(),
-        Event::RequestCancelled {},
-    );
-    if let Err(status) = outcome {
-        if status == RequestStatus::Cancelled {
-            // A retry after a failed publish: make sure the event went out (the stream
-            // drops it if it did), then say it is cancelled already.
-            st.publisher.publish_transition(&cancelled).await?;
+    let cmd = Command::Cancel {
+        by: user.username.clone(),
+    };
+    let at = now();
+    let step = match st.store.step(&rec.request_id, &cmd, at, &st.policy).await? {
+        Ok(step) => step,
+        Err(Refusal::NotRequester) => {
+            return Err(ApiError::forbidden(
+                "only the requester may cancel a request",
+            ));
         }
+        Err(refusal) => {
+            return Err(ApiError::conflict(format!(
+                "request {} is {refusal}",
+                rec.request_id
+            )));
+        }
+    };
+    // A repeat (cancelled already) publishes again in case the first publish was lost;
+    // the stream keeps one copy.
+    st.publisher
+        .emit_all(&rec.request_id, &step.effects, 0, at)
+        .await?;
+    if !step.changed {
         return Err(ApiError::conflict(format!(
-            "request {} is already {status}",
+            "request {} is already cancelled",
             rec.request_id
         )));
     }
     st.metrics.requests.with_label_values(&["cancelled"]).inc();
-    st.publisher.publish_transition(&cancelled).await?;
     Ok(Json(json!({
         "request_id": rec.request_id,
         "status": "cancelled",

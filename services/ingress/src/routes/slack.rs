@@ -15,12 +15,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tars_domain::events::Decision;
+use tars_domain::machine::Refusal;
 use tars_domain::{RequestId, Source, Username};
 use tars_slack::blocks::{APPROVE_ACTION, DENY_ACTION};
 use tars_slack::signature;
 
 use crate::error::ApiError;
-use crate::routes::approvals::publish_decision;
+use crate::routes::approvals::{may_decide, publish_decision};
 use crate::state::{AppState, ApprovalMode};
 
 /// Block id of the token input in the modal.
@@ -193,7 +194,7 @@ async fn click(
                 );
                 return Ok(StatusCode::OK.into_response());
             };
-            if let Some(why) = refusal(st, &id, kbase_user).await? {
+            if let Some(why) = refusal(st, &id, decision, kbase_user).await? {
                 tell(st, response_url, why);
                 return Ok(StatusCode::OK.into_response());
             }
@@ -272,22 +273,26 @@ async fn click(
 
 /// Why a click cannot decide `id` (decided already, or the approver's own request), to
 /// tell the clicker at once; the decision worker enforces the same rules authoritatively.
-async fn refusal(st: &AppState, id: &RequestId, by: &Username) -> Result<Option<String>, ApiError> {
+async fn refusal(
+    st: &AppState,
+    id: &RequestId,
+    decision: Decision,
+    by: &Username,
+) -> Result<Option<String>, ApiError> {
     let Some(rec) = st.store.get(id).await? else {
         return Ok(Some(format!("Request {id} does not exist.")));
     };
-    let rec = rec.value;
-    if rec.requester == *by {
-        return Ok(Some("You may not decide your own request.".into()));
-    }
-    if rec.status != tars_domain::RequestStatus::Pending {
-        let who = rec.decided_by.as_deref().unwrap_or("TARS");
-        return Ok(Some(format!(
-            "Request {id} is already {} (by {who}); your click changed nothing.",
-            rec.status
-        )));
-    }
-    Ok(None)
+    Ok(
+        match may_decide(st, &rec.value, decision, by, Source::Slack) {
+            Ok(()) => None,
+            Err(Refusal::OwnRequest) => Some("You may not decide your own request.".into()),
+            Err(Refusal::Settled { status, by }) => Some(format!(
+                "Request {id} is already {status} (by {}); your click changed nothing.",
+                by.as_deref().unwrap_or("TARS")
+            )),
+            Err(other) => Some(format!("Request {id}: {other}.")),
+        },
+    )
 }
 
 fn modal_error(text: &str) -> Response {
