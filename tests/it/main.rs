@@ -1,6 +1,7 @@
 //! Integration tests of TARS against a real nats-server (one test binary, a module per area).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod architecture;
 mod ingress;
 mod pipeline;
 mod runtime;
