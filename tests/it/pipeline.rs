@@ -546,3 +546,68 @@ async fn events_racing_the_first_post_still_give_one_message() {
     assert_eq!(posts, 1, "one post for one request");
     assert_eq!(s.slack.messages().len(), 1);
 }
+
+/// The trace id in the `traceparent` header of the last message on `subject`.
+async fn trace_of(s: &Stack, subject: &str) -> Option<String> {
+    let stream = s.nats.topology.js.get_stream("TARS_EVENTS").await.ok()?;
+    let msg = stream.get_last_raw_message_by_subject(subject).await.ok()?;
+    let header = msg.headers.get("traceparent")?.as_str().to_owned();
+    header.split('-').nth(1).map(str::to_owned)
+}
+
+#[tokio::test]
+async fn one_trace_id_follows_a_call_through_every_worker() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    let submit_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let resp = s
+        .http
+        .post(format!("{}/requests/", s.base))
+        .bearer_auth(USER_TOKEN)
+        .header(
+            "traceparent",
+            format!("00-{submit_trace}-00f067aa0ba902b7-01"),
+        )
+        .json(&json!({"tenant_name": "traced", "permission": "read_only"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let id = resp.json::<serde_json::Value>().await.unwrap()["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        trace_of(&s, &format!("tars.request.submitted.{id}"))
+            .await
+            .as_deref(),
+        Some(submit_trace)
+    );
+    // An approval is a new call with its own trace: the decision worker and the applier
+    // carry it on to the events they publish.
+    let approve_trace = "0af7651916cd43dd8448eb211c80319c";
+    let resp = s
+        .http
+        .post(format!("{}/approvals/approve", s.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .header(
+            "traceparent",
+            format!("00-{approve_trace}-b7ad6b7169203331-01"),
+        )
+        .json(&json!({"request_id": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    wait_status(&s, &id, "applied").await;
+    for kind in ["decision.requested", "request.approved", "request.applied"] {
+        assert_eq!(
+            trace_of(&s, &format!("tars.{kind}.{id}")).await.as_deref(),
+            Some(approve_trace),
+            "{kind}"
+        );
+    }
+}

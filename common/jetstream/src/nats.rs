@@ -34,8 +34,12 @@ pub async fn connect(
         // ingress then answers 503 with Retry-After; a worker naks and retries).
         .request_timeout(Some(Duration::from_secs(5)))
         .retry_on_initial_connect()
-        .event_callback(|event| async move {
-            tracing::info!(%event, "NATS connection event");
+        .event_callback({
+            let name = name.to_owned();
+            move |event| {
+                let name = name.clone();
+                async move { log_event(&name, &event) }
+            }
         });
     if let Some(path) = creds {
         opts = opts
@@ -55,6 +59,23 @@ pub async fn connect(
             url: url.to_owned(),
             message: e.to_string(),
         })
+}
+
+/// One log line per connection event worth knowing, named by the connection (async-nats's
+/// own lines are filtered to warnings by [`tars_observability::telemetry`]): connects at
+/// info, losses at warn, the client errors of each reconnect attempt at debug.
+fn log_event(connection: &str, event: &async_nats::Event) {
+    use async_nats::Event;
+    match event {
+        Event::Connected => tracing::info!(connection, "NATS connected"),
+        Event::Disconnected => tracing::warn!(connection, "NATS disconnected; reconnecting"),
+        Event::LameDuckMode | Event::SlowConsumer(_) | Event::ServerError(_) => {
+            tracing::warn!(connection, %event, "NATS")
+        }
+        Event::ClientError(_) | Event::Draining | Event::Closed => {
+            tracing::debug!(connection, %event, "NATS")
+        }
+    }
 }
 
 /// Whether the client is connected right now.

@@ -37,6 +37,12 @@ impl EventPublisher {
         let payload = serde_json::to_vec(envelope)?;
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Msg-Id", msg_id);
+        if let Some(ctx) = tars_observability::trace::current() {
+            headers.insert(
+                tars_observability::trace::TRACEPARENT,
+                ctx.child().header().as_str(),
+            );
+        }
         let ack = self
             .js
             .publish_with_headers(envelope.subject(), headers, payload.into())

@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::topology::{DLQ_STREAM, Topology, WorkerKind};
 use tars_domain::events::Envelope;
 use tars_observability::metrics::Metrics;
+use tars_observability::trace::{self, TraceContext};
 
 /// Dead-letter header: why the message was given up on.
 pub const HDR_DLQ_REASON: &str = "Tars-Dlq-Reason";
@@ -357,8 +358,18 @@ async fn process<H: Handler>(
         delivery = delivered,
         stream_seq,
         request_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
     );
-    async move {
+    // The message continues the trace of whatever caused it (an HTTP request, or the
+    // message before), so everything it publishes carries the same trace id on.
+    let trace = TraceContext::from_header(
+        msg.headers
+            .as_ref()
+            .and_then(|h| h.get(trace::TRACEPARENT))
+            .map(|v| v.as_str()),
+    );
+    span.record("trace_id", trace.trace_id());
+    let work = async move {
         let started = Instant::now();
         let outcome = match Envelope::decode(&msg.payload) {
             Err(e) => Outcome::dead_letter(e.to_string()),
@@ -390,9 +401,8 @@ async fn process<H: Handler>(
             .with_label_values(&[shared.kind.name])
             .observe(started.elapsed().as_secs_f64());
         settle(&shared, &msg, delivered, stream_seq, outcome).await;
-    }
-    .instrument(span)
-    .await
+    };
+    trace::scope(trace, work.instrument(span)).await
 }
 
 /// Runs the handler in its own task (so a panic becomes a retry), sending in-progress
@@ -403,9 +413,11 @@ async fn run_handler<H: Handler>(
     delivery: Delivery,
 ) -> Option<Outcome> {
     let handler = shared.handler.clone();
-    let mut task = tokio::spawn(
+    let ctx = trace::current().unwrap_or_else(TraceContext::new_root);
+    let mut task = tokio::spawn(trace::scope(
+        ctx,
         async move { handler.handle(delivery).await }.instrument(tracing::Span::current()),
-    );
+    ));
     let mut progress = tokio::time::interval(shared.cfg.progress_interval);
     progress.tick().await;
     loop {

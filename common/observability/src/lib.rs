@@ -6,6 +6,7 @@
 //! | [`metrics`] | one Prometheus registry per process with every `tars_*` family |
 //! | [`health`] | `/metrics`, `/livez`, `/readyz` (readiness supplied by the service) |
 //! | [`telemetry`] | JSON or text logs, installed once |
+//! | [`trace`] | the W3C `traceparent` of the work in hand, carried through NATS headers |
 //! | [`shutdown`] | one cancellation token fired by SIGTERM or SIGINT |
 //! | [`config`] | errors that name their variable, `_FILE` secrets, all problems reported at once |
 
@@ -14,3 +15,4 @@ pub mod health;
 pub mod metrics;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace;

@@ -39,6 +39,7 @@ use tars_jetstream::store::RequestStore;
 use tars_kbase::{AuthConfig, KBaseAuth};
 use tars_observability::config::{ConfigError, secret};
 use tars_observability::metrics::Metrics;
+use tars_observability::trace::{self, TraceContext};
 use tars_slack::SlackClient;
 use tokio_util::sync::CancellationToken;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
@@ -331,7 +332,26 @@ fn http_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), http_request_id = %id)
+    tracing::info_span!(
+        "http",
+        method = %req.method(),
+        path = %req.uri().path(),
+        http_request_id = %id,
+        trace_id = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+    )
+}
+
+/// Continues the caller's W3C trace (`traceparent`) or starts one, names it in the HTTP
+/// span, and makes it current so every event the request publishes carries it.
+async fn traced(req: axum::http::Request<axum::body::Body>, next: middleware::Next) -> Response {
+    let ctx = TraceContext::from_header(
+        req.headers()
+            .get(trace::TRACEPARENT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    tracing::Span::current().record("trace_id", ctx.trace_id());
+    trace::scope(ctx, next.run(req)).await
 }
 
 async fn not_found() -> error::ApiError {
@@ -383,6 +403,7 @@ fn router(state: AppState, timeout: Duration) -> Router {
         .layer(middleware::from_fn_with_state(metrics, track))
         .layer(middleware::from_fn_with_state(timeout, deadline))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(middleware::from_fn(traced))
         .layer(TraceLayer::new_for_http().make_span_with(http_span))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
 }

@@ -119,6 +119,7 @@ async fn decide(
     decision: Decision,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = resolve(&st, &body).await?;
+    super::name_request(&id);
     let rec = st
         .store
         .get(&id)

@@ -4,3 +4,9 @@ pub mod admin;
 pub mod approvals;
 pub mod requests;
 pub mod slack;
+
+/// Names the access request an HTTP request is about in its span, so every log line of
+/// the call (and the worker lines that share its trace id) can be found by `request_id`.
+pub fn name_request(id: &tars_domain::RequestId) {
+    tracing::Span::current().record("request_id", id.as_str());
+}

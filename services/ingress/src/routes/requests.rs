@@ -101,6 +101,7 @@ pub async fn submit(
             None => (Default::default(), None),
         };
         if let Some(id) = open.get(&slot).cloned() {
+            super::name_request(&id);
             match st.store.get(&id).await? {
                 Some(rec) if rec.value.status == RequestStatus::Pending => {
                     if took_token {
@@ -193,6 +194,7 @@ fn access_duration(raw: &str, max: std::time::Duration) -> Result<std::time::Dur
 /// Creates the record of a new request (or finds the one an earlier attempt created) and
 /// publishes its submission.
 async fn create_and_publish(st: &AppState, step: Step) -> Result<Response, ApiError> {
+    super::name_request(&step.record.request_id);
     let at = step.record.created_at;
     let rec = if st.store.create(&step.record).await? {
         st.metrics.requests.with_label_values(&["pending"]).inc();
@@ -223,6 +225,7 @@ pub async fn visible(
 ) -> Result<(RequestRecord, u64), ApiError> {
     let id =
         RequestId::parse(raw_id).map_err(|_| ApiError::not_found(format!("request {raw_id}")))?;
+    super::name_request(&id);
     match st.store.get(&id).await? {
         Some(v) if caller.is_admin || v.value.requester == caller.username => {
             Ok((v.value, v.revision))

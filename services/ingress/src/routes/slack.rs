@@ -182,6 +182,7 @@ async fn click(
     trigger_id: Option<String>,
     response_url: Option<String>,
 ) -> Result<Response, ApiError> {
+    super::name_request(&id);
     match &st.slack.mode {
         ApprovalMode::Allowlist(approvers) => {
             let Some(kbase_user) = approvers.get(&slack_user) else {
@@ -331,6 +332,7 @@ async fn submit_token(st: &AppState, slack_user: String, view: View) -> Result<R
     if !user.is_admin {
         return Ok(modal_error("That KBase account has no admin role."));
     }
+    super::name_request(&meta.request_id);
     let kind = format!("{:?}", meta.decision);
     let key = msg_id(&[&view.id, &kind, meta.request_id.as_str()]);
     tracing::info!(%slack_user, approver = %user.username, request_id = %meta.request_id, "decision from the token modal");
