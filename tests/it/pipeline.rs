@@ -555,6 +555,26 @@ async fn trace_of(s: &Stack, subject: &str) -> Option<String> {
     header.split('-').nth(1).map(str::to_owned)
 }
 
+/// POSTs `body` as a call that belongs to `trace`; returns the status and JSON body.
+async fn post_in_trace(
+    s: &Stack,
+    path: &str,
+    token: &str,
+    trace: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let resp = s
+        .http
+        .post(format!("{}{path}", s.base))
+        .bearer_auth(token)
+        .header("traceparent", format!("00-{trace}-00f067aa0ba902b7-01"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (resp.status().as_u16(), resp.json().await.unwrap())
+}
+
 #[tokio::test]
 async fn one_trace_id_follows_a_call_through_every_worker() {
     let s = Stack::start(Options {
@@ -563,23 +583,10 @@ async fn one_trace_id_follows_a_call_through_every_worker() {
     })
     .await;
     let submit_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let resp = s
-        .http
-        .post(format!("{}/requests/", s.base))
-        .bearer_auth(USER_TOKEN)
-        .header(
-            "traceparent",
-            format!("00-{submit_trace}-00f067aa0ba902b7-01"),
-        )
-        .json(&json!({"tenant_name": "traced", "permission": "read_only"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let id = resp.json::<serde_json::Value>().await.unwrap()["request_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let body = json!({"tenant_name": "traced", "permission": "read_only"});
+    let (status, answer) = post_in_trace(&s, "/requests/", USER_TOKEN, submit_trace, body).await;
+    assert_eq!(status, 202);
+    let id = answer["request_id"].as_str().unwrap().to_owned();
     assert_eq!(
         trace_of(&s, &format!("tars.request.submitted.{id}"))
             .await
@@ -589,19 +596,10 @@ async fn one_trace_id_follows_a_call_through_every_worker() {
     // An approval is a new call with its own trace: the decision worker and the applier
     // carry it on to the events they publish.
     let approve_trace = "0af7651916cd43dd8448eb211c80319c";
-    let resp = s
-        .http
-        .post(format!("{}/approvals/approve", s.base))
-        .bearer_auth(ADMIN_TOKEN)
-        .header(
-            "traceparent",
-            format!("00-{approve_trace}-b7ad6b7169203331-01"),
-        )
-        .json(&json!({"request_id": id}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let body = json!({"request_id": id});
+    let (status, _) =
+        post_in_trace(&s, "/approvals/approve", ADMIN_TOKEN, approve_trace, body).await;
+    assert_eq!(status, 202);
     wait_status(&s, &id, "applied").await;
     for kind in ["decision.requested", "request.approved", "request.applied"] {
         assert_eq!(
