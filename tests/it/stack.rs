@@ -282,6 +282,16 @@ impl Stack {
         body["status"].as_str().unwrap_or_default().to_owned()
     }
 
+    /// Waits until TARS_EVENTS holds `n` messages on `subject` (events of state changes
+    /// are published by the relay, shortly after the write), then returns the count.
+    pub async fn wait_count(&self, subject: &str, n: u64) -> u64 {
+        crate::support::eventually(Duration::from_secs(10), subject, || async {
+            (self.count_subject(subject).await >= n).then_some(())
+        })
+        .await;
+        self.count_subject(subject).await
+    }
+
     /// Messages in TARS_EVENTS on `subject`.
     pub async fn count_subject(&self, subject: &str) -> u64 {
         let s = self

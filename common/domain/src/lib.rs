@@ -20,4 +20,6 @@ pub mod machine;
 pub mod record;
 
 pub use ids::{Justification, ParseError, Permission, RequestId, TenantName, Username};
-pub use record::{RequestRecord, RequestStatus, SlackClaim, SlackMessageRef, Source, now};
+pub use record::{
+    Outgoing, RequestRecord, RequestStatus, SlackClaim, SlackMessageRef, Source, now,
+};

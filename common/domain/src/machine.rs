@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use time::OffsetDateTime;
 
-use crate::events::{Decision, Event};
+use crate::events::{Decision, Envelope, Event};
 use crate::ids::{Justification, Permission, RequestId, TenantName, Username};
-use crate::record::{RequestRecord, RequestStatus, Source};
+use crate::record::{Outgoing, RequestRecord, RequestStatus, Source};
 
 /// The actor TARS records for the steps it takes itself (expiry, governance outcomes).
 pub const SYSTEM_ACTOR: &str = "tars";
@@ -155,6 +155,41 @@ pub struct Step {
     pub changed: bool,
     /// What to carry out once the record is written, in order.
     pub effects: Vec<Effect>,
+}
+
+impl Step {
+    /// Moves the events of a changed step into its record's outbox, so they are written in
+    /// the same compare-and-set as the change, and returns the record with the effects left
+    /// for the shell (a governance call, a dead letter). An unchanged step (a repeat) keeps
+    /// its events as effects: nothing is written, so the shell publishes them itself.
+    ///
+    /// `cause` is the stream sequence of the message being handled (0 outside a worker),
+    /// `at` the time of the step, `traceparent` the trace of the call that caused it.
+    pub fn into_outbox(
+        self,
+        cause: u64,
+        at: OffsetDateTime,
+        traceparent: Option<String>,
+    ) -> (RequestRecord, Vec<Effect>) {
+        let mut record = self.record;
+        if !self.changed {
+            return (record, self.effects);
+        }
+        let id = record.request_id.clone();
+        let mut rest = Vec::new();
+        record.outbox = Vec::new();
+        for effect in self.effects {
+            match effect {
+                Effect::Emit(e) => record.outbox.push(Outgoing {
+                    msg_id: e.msg_id(&id, cause),
+                    traceparent: traceparent.clone(),
+                    envelope: Envelope::at(id.clone(), e.actor, e.event, at),
+                }),
+                other => rest.push(other),
+            }
+        }
+        (record, rest)
+    }
 }
 
 /// Why the machine refused a command; the message is written for the person who asked.
@@ -332,11 +367,15 @@ pub fn step(
     policy: &Policy,
 ) -> Result<Step, Refusal> {
     let (emits, extra) = consequences(record, cmd, now, policy)?;
-    let mut next = record.clone();
+    // The previous revision's outbox was published from that revision; it is not part of
+    // the state.
+    let mut before = record.clone();
+    before.outbox.clear();
+    let mut next = before.clone();
     for e in &emits {
         next = evolve(&next, &e.event, &e.actor, now);
     }
-    let changed = next != *record;
+    let changed = next != before;
     if changed {
         next.updated_at = now;
     }
@@ -564,6 +603,37 @@ mod tests {
             step(&approved, &by("alice"), t0(), &p),
             Err(Refusal::Settled { .. })
         ));
+    }
+
+    #[test]
+    fn a_change_carries_its_events_in_the_record_and_a_repeat_does_not() {
+        let p = Policy::default();
+        let r = fresh("alice");
+        let (rec, rest) = step(&r, &approve("bob"), t0(), &p).unwrap().into_outbox(
+            7,
+            t0(),
+            Some("00-t-s-01".into()),
+        );
+        assert!(rest.is_empty());
+        assert_eq!(rec.outbox.len(), 1);
+        assert_eq!(
+            rec.outbox[0].msg_id,
+            format!("{}.request.approved", r.request_id)
+        );
+        assert_eq!(rec.outbox[0].envelope.at, t0());
+        // The next step starts from a clean outbox; a repeat writes nothing and hands its
+        // events back to the shell.
+        let again = step(&rec, &approve("bob"), t0(), &p).unwrap();
+        assert!(!again.changed);
+        let (_, rest) = again.into_outbox(8, t0(), None);
+        assert!(matches!(rest[..], [Effect::Emit(_)]));
+        let granted = step(&rec, &Command::Granted, t0(), &p).unwrap();
+        assert!(
+            granted.record.outbox.is_empty(),
+            "a step starts from a clean outbox"
+        );
+        let (applied, _) = granted.into_outbox(9, t0(), None);
+        assert_eq!(applied.outbox.len(), 1, "only this step's event");
     }
 
     const PEOPLE: [&str; 3] = ["alice", "bob", "carol"];

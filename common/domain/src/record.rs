@@ -167,6 +167,25 @@ pub struct RequestRecord {
     /// time-bound access (bounded by `MAX_ACCESS_DURATION`).
     #[serde(default)]
     pub access_duration_secs: Option<u64>,
+    /// The events this revision's state change caused, written in the same compare-and-set
+    /// as the change itself, so the change and the duty to announce it are one durable
+    /// write. The relay publishes them from the bucket's stream; a write that is not a
+    /// state change carries none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outbox: Vec<Outgoing>,
+}
+
+/// One event waiting in a record's outbox, with the message id that keeps it once in
+/// `TARS_EVENTS` however often it is published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outgoing {
+    /// `Nats-Msg-Id`.
+    pub msg_id: String,
+    /// The W3C `traceparent` of the call that caused it, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// The event.
+    pub envelope: crate::events::Envelope,
 }
 
 impl RequestRecord {
@@ -200,6 +219,7 @@ impl RequestRecord {
             slack: None,
             slack_claim: None,
             access_duration_secs: None,
+            outbox: Vec::new(),
         }
     }
 }

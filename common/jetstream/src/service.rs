@@ -1,7 +1,8 @@
 //! The start-up and shutdown sequence every worker process shares.
 //!
-//! connect → declare topology → serve probes → run the worker runtime → on shutdown, wait
-//! for in-flight messages, then drain the connection so queued acks reach the server.
+//! connect → declare topology → serve probes and run the relay → run the worker runtime →
+//! on shutdown, wait for in-flight messages and the relay's last pull, then drain the
+//! connection so queued acks reach the server.
 
 use std::net::SocketAddr;
 
@@ -78,6 +79,11 @@ pub async fn run_worker<H: Handler>(
         ready: crate::nats::readiness(&conn.client),
     };
     let probes = tokio::spawn(health::serve(listener, probe, shutdown.clone()));
+    let relay = tokio::spawn(crate::relay::run(
+        conn.topology.clone(),
+        crate::publish::EventPublisher::new(conn.topology.js.clone(), conn.metrics.clone()),
+        shutdown.clone(),
+    ));
     let result = worker::run(
         kind,
         conn.topology,
@@ -89,6 +95,7 @@ pub async fn run_worker<H: Handler>(
     .await;
     shutdown.cancel();
     let _ = probes.await;
+    let _ = relay.await;
     if let Err(e) = conn.client.drain().await {
         tracing::warn!(error = %e, "NATS drain failed");
     }

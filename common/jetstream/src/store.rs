@@ -169,25 +169,38 @@ impl RequestStore {
         mut f: impl FnMut(&mut RequestRecord) -> Change<R>,
     ) -> Result<(R, Versioned<RequestRecord>), StoreError> {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let Some(mut current) = self.get(id).await? else {
+            let Some(current) = self.get(id).await? else {
                 return Err(StoreError::NotFound(id.clone()));
             };
-            let before = current.value.status;
-            match f(&mut current.value) {
+            // The previous revision's outbox was published from that revision: a new
+            // write carries only the events of its own change.
+            let mut next = current.value.clone();
+            next.outbox.clear();
+            next.updated_at = tars_domain::now();
+            match f(&mut next) {
                 Change::Keep(r) => return Ok((r, current)),
                 Change::Write(r) => {
-                    current.value.updated_at = tars_domain::now();
-                    if let Some(rev) = self
-                        .write_if(id.as_str(), &current.value, Some(current.revision))
+                    if let Some(revision) = self
+                        .write_if(id.as_str(), &next, Some(current.revision))
                         .await?
                     {
-                        current.revision = rev;
-                        if before == RequestStatus::Pending
-                            && current.value.status != RequestStatus::Pending
+                        if current.value.status == RequestStatus::Pending
+                            && next.status != RequestStatus::Pending
                         {
-                            self.close_open(&current.value).await?;
+                            // The status has changed durably whatever happens here: a
+                            // failure leaves a stale index entry, which the next submission
+                            // for that slot and the expiry sweep remove.
+                            if let Err(e) = self.close_open(&next).await {
+                                tracing::warn!(error = %e, request_id = %id, "left a stale open-index entry");
+                            }
                         }
-                        return Ok((r, current));
+                        return Ok((
+                            r,
+                            Versioned {
+                                value: next,
+                                revision,
+                            },
+                        ));
                     }
                 }
             }
@@ -197,31 +210,46 @@ impl RequestStore {
 
     /// Steps the state machine on the stored record: load, [`machine::step`], write with
     /// compare-and-set when the record changed, and on a lost race load and step again.
-    /// The returned step's record is the one stored; its effects are the caller's to carry
-    /// out, after this returns.
-    /// `now` is the time the step happens at; the caller publishes its events with the
-    /// same time, so the record and the audit trail agree.
+    ///
+    /// A changed step's events go into the record's outbox in the same write (the relay
+    /// publishes them), so the returned step's effects hold only what is left for the
+    /// caller: a governance call, a dead letter, or, for a repeat that wrote nothing, the
+    /// events to publish again. `now` is the time of the step and `cause` the stream
+    /// sequence of the message being handled (0 outside a worker).
     pub async fn step(
         &self,
         id: &RequestId,
         cmd: &Command,
         now: time::OffsetDateTime,
+        cause: u64,
         policy: &Policy,
     ) -> Result<Result<Step, Refusal>, StoreError> {
+        let trace = tars_observability::trace::current().map(|t| t.child().header());
         let (result, stored) = self
             .modify(id, |r| match machine::step(r, cmd, now, policy) {
                 Ok(s) if s.changed => {
-                    *r = s.record.clone();
-                    Change::Write(Ok(s))
+                    let (record, rest) = s.into_outbox(cause, now, trace.clone());
+                    *r = record;
+                    Change::Write(Ok((true, rest)))
                 }
-                Ok(s) => Change::Keep(Ok(s)),
+                Ok(s) => Change::Keep(Ok((false, s.effects))),
                 Err(e) => Change::Keep(Err(e)),
             })
             .await?;
-        Ok(result.map(|mut s| {
-            s.record = stored.value;
-            s
+        Ok(result.map(|(changed, effects)| Step {
+            record: stored.value,
+            changed,
+            effects,
         }))
+    }
+
+    /// Removes `id` from its requester's open index if the request is no longer pending:
+    /// the repair for an index entry a failed removal left behind.
+    pub async fn forget_if_settled(&self, id: &RequestId) -> Result<(), StoreError> {
+        match self.get(id).await? {
+            Some(v) if v.value.status != RequestStatus::Pending => self.close_open(&v.value).await,
+            _ => Ok(()),
+        }
     }
 
     /// The open index of `user`.

@@ -46,6 +46,11 @@ pub const WORKERS: [WorkerKind; 3] = [NOTIFIER, DECISION, GOVERNANCE_APPLIER];
 /// so a replayed signed click (or a client retry after a 503) can never publish twice.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 
+/// Revisions kept per key of `TARS_REQUESTS`. A request is written a handful of times in
+/// its life (create, Slack claim and reference, decision, outcome); the relay must see
+/// each revision with an outbox before it is replaced.
+pub const REQUEST_HISTORY: i64 = 32;
+
 /// The knobs of the topology; everything else is fixed by the design.
 #[derive(Debug, Clone)]
 pub struct TopologyConfig {
@@ -167,12 +172,26 @@ pub async fn ensure(
         .create_or_update_key_value(kv::Config {
             bucket: REQUESTS_BUCKET.into(),
             description: "TARS request records and open-request index".into(),
-            history: 5,
+            // The relay reads every revision from the bucket's stream: keep enough of each
+            // key's revisions that none is replaced before the relay has seen it.
+            history: REQUEST_HISTORY,
             storage: stream::StorageType::File,
             num_replicas: cfg.replicas,
             ..Default::default()
         })
         .await?;
+    requests
+        .stream
+        .create_consumer(crate::relay::consumer_config(
+            REQUESTS_BUCKET,
+            cfg.ack_wait,
+            cfg.replicas,
+        ))
+        .await
+        .map_err(|source| TopologyError::Consumer {
+            name: crate::relay::RELAY_CONSUMER,
+            source,
+        })?;
     for kind in WORKERS {
         events
             .create_consumer(consumer_config(kind, cfg))

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tars_domain::RequestId;
 use tars_domain::events::Event;
-use tars_domain::machine::{self, Command, Effect, Emit, Policy, Refusal};
+use tars_domain::machine::{self, Command, Effect, Policy, Refusal};
 use tars_jetstream::publish::EventPublisher;
 use tars_jetstream::service::Connected;
 use tars_jetstream::store::{RequestStore, StoreError};
@@ -20,9 +20,6 @@ pub struct Worker {
     metrics: Metrics,
     /// The rules the machine applies (the expiry TTL today).
     policy: Policy,
-    /// Expiry events whose publish failed after the record changed; the next sweep
-    /// publishes them (their `Nats-Msg-Id` keeps each once).
-    unpublished: std::sync::Mutex<Vec<(RequestId, Emit)>>,
 }
 
 fn store_outcome(e: StoreError) -> Outcome {
@@ -41,7 +38,6 @@ impl Worker {
             publisher: EventPublisher::new(conn.topology.js.clone(), conn.metrics.clone()),
             metrics: conn.metrics.clone(),
             policy,
-            unpublished: std::sync::Mutex::default(),
         }
     }
 
@@ -49,7 +45,7 @@ impl Worker {
     /// keys the rejection event so a redelivered losing decision is recorded once.
     async fn decide(&self, id: &RequestId, cmd: Command, cause: u64) -> Outcome {
         let now = tars_domain::now();
-        let stepped = match self.store.step(id, &cmd, now, &self.policy).await {
+        let stepped = match self.store.step(id, &cmd, now, cause, &self.policy).await {
             Ok(s) => s,
             Err(e) => return store_outcome(e),
         };
@@ -86,29 +82,10 @@ impl Worker {
         }
     }
 
-    /// Publishes the expiry events a previous sweep could not.
-    async fn publish_backlog(&self) {
-        let backlog: Vec<(RequestId, Emit)> =
-            std::mem::take(&mut *self.unpublished.lock().unwrap_or_else(|p| p.into_inner()));
-        for (id, emit) in backlog {
-            if self
-                .publisher
-                .emit(&id, &emit, 0, tars_domain::now())
-                .await
-                .is_err()
-            {
-                self.unpublished
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push((id, emit));
-            }
-        }
-    }
-
     /// Expires every pending request older than the policy's TTL; safe to run on every
-    /// replica at once (the compare-and-set lets one win, the publish id dedupes).
+    /// replica at once (the compare-and-set lets one win). The expiry and its event are one
+    /// write: the relay publishes the event.
     pub async fn expire_stale(&self) -> Result<usize, StoreError> {
-        self.publish_backlog().await;
         let cutoff = tars_domain::now() - self.policy.request_ttl;
         let stale = self
             .store
@@ -119,31 +96,22 @@ impl Worker {
         let mut expired = 0;
         for id in stale {
             let now = tars_domain::now();
-            let step = match self
+            match self
                 .store
-                .step(&id, &Command::Expire, now, &self.policy)
+                .step(&id, &Command::Expire, now, 0, &self.policy)
                 .await
             {
-                Ok(Ok(step)) if step.changed => step,
-                // Decided meanwhile, not due after all, or a repeat of an expiry whose
-                // event is in the backlog.
-                Ok(_) => continue,
-                // An index entry whose record a crashed submission never wrote.
-                Err(StoreError::NotFound(_)) => continue,
-                Err(e) => return Err(e),
-            };
-            expired += 1;
-            self.metrics.requests.with_label_values(&["expired"]).inc();
-            for effect in step.effects {
-                let Effect::Emit(emit) = effect else { continue };
-                if let Err(e) = self.publisher.emit(&id, &emit, 0, now).await {
-                    // The record says expired; the event goes out on the next sweep.
-                    tracing::warn!(error = %e, request_id = %id, "expired, but the event was not published yet");
-                    self.unpublished
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .push((id.clone(), emit));
+                Ok(Ok(step)) if step.changed => {
+                    expired += 1;
+                    self.metrics.requests.with_label_values(&["expired"]).inc();
                 }
+                // Decided meanwhile: the index entry is stale (its removal failed).
+                Ok(Err(Refusal::Settled { .. })) => self.store.forget_if_settled(&id).await?,
+                // Not due after all.
+                Ok(_) => {}
+                // An index entry whose record a crashed submission never wrote.
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(expired)

@@ -45,7 +45,7 @@ impl Worker {
     /// fail, be replayed and fail again) and returns the effects left to carry out.
     async fn step(&self, id: &RequestId, cmd: Command, cause: u64) -> Result<Vec<Effect>, Outcome> {
         let now = tars_domain::now();
-        let step = match self.store.step(id, &cmd, now, &self.policy).await {
+        let step = match self.store.step(id, &cmd, now, cause, &self.policy).await {
             Ok(Ok(step)) => step,
             Ok(Err(Refusal::NotApproved)) => {
                 return Err(Outcome::retry("the record is not approved yet"));
@@ -63,6 +63,8 @@ impl Worker {
                 .with_label_values(&[status.as_str()])
                 .inc();
         }
+        // A changed step's events are in the record's outbox; a repeat's are published
+        // here again, in case the first publish was lost.
         self.publisher
             .emit_all(id, &step.effects, cause, now)
             .await

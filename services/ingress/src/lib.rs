@@ -171,6 +171,8 @@ pub fn parse_approvers(s: &str) -> Result<HashMap<String, Username>, ConfigError
 pub struct Application {
     listener: tokio::net::TcpListener,
     router: Router,
+    /// What the relay this process runs needs: the bucket to tail and the publisher.
+    relay: (tars_jetstream::topology::Topology, EventPublisher),
     client: async_nats::Client,
 }
 
@@ -264,6 +266,7 @@ impl Application {
         let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
         Ok(Self {
             listener,
+            relay: (state.topology.clone(), state.publisher.clone()),
             router: router(state, args.request_timeout),
             client: conn.client,
         })
@@ -276,9 +279,20 @@ impl Application {
 
     /// Serves until `shutdown`, finishing in-flight requests, then drains NATS.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        axum::serve(self.listener, self.router)
+        let (topology, publisher) = self.relay;
+        // The relay stops with the server (a server error stops it too).
+        let stop_relay = shutdown.child_token();
+        let relay = tokio::spawn(tars_jetstream::relay::run(
+            topology,
+            publisher,
+            stop_relay.clone(),
+        ));
+        let served = axum::serve(self.listener, self.router)
             .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await?;
+            .await;
+        stop_relay.cancel();
+        let _ = relay.await;
+        served?;
         if let Err(e) = self.client.drain().await {
             tracing::warn!(error = %e, "NATS drain failed");
         }

@@ -7,7 +7,6 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tars_domain::duration::{format_duration, parse_duration};
-use tars_domain::events::{Envelope, Event};
 use tars_domain::machine::{self, Command, Refusal, Step};
 use tars_domain::{
     Justification, Permission, RequestId, RequestRecord, RequestStatus, TenantName, Username, now,
@@ -107,17 +106,6 @@ pub async fn submit(
                     if took_token {
                         st.limiter.refund(&requester);
                     }
-                    if rec.value.slack.is_none() {
-                        // Possibly never published (a failed earlier attempt): publish again;
-                        // the stream drops it if the first one went through.
-                        st.publisher
-                            .publish_transition(&Envelope::new(
-                                id.clone(),
-                                requester.to_string(),
-                                Event::submitted(&rec.value),
-                            ))
-                            .await?;
-                    }
                     let msg = format!(
                         "You already have an open request {id} for {permission} access to {tenant}; \
                          it is waiting for an approver. Follow it with GET /requests/{id}."
@@ -191,24 +179,23 @@ fn access_duration(raw: &str, max: std::time::Duration) -> Result<std::time::Dur
     Ok(d)
 }
 
-/// Creates the record of a new request (or finds the one an earlier attempt created) and
-/// publishes its submission.
+/// Creates the record of a new request, its `request.submitted` event in its outbox (one
+/// durable write: the relay publishes it), or finds the one an earlier attempt created.
 async fn create_and_publish(st: &AppState, step: Step) -> Result<Response, ApiError> {
     super::name_request(&step.record.request_id);
     let at = step.record.created_at;
-    let rec = if st.store.create(&step.record).await? {
+    let trace = tars_observability::trace::current().map(|t| t.child().header());
+    let (record, _) = step.into_outbox(0, at, trace);
+    let rec = if st.store.create(&record).await? {
         st.metrics.requests.with_label_values(&["pending"]).inc();
-        step.record
+        record
     } else {
         st.store
-            .get(&step.record.request_id)
+            .get(&record.request_id)
             .await?
             .map(|v| v.value)
             .ok_or_else(|| ApiError::unavailable("request store inconsistent; try again"))?
     };
-    st.publisher
-        .emit_all(&rec.request_id, &step.effects, 0, at)
-        .await?;
     let msg = format!(
         "Request {} for {} access to {} submitted; an approver has been notified. \
          Follow it with GET /requests/{}.",
@@ -245,6 +232,7 @@ pub async fn get_one(
     let mut v = serde_json::to_value(&rec).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.remove("slack_claim");
+        o.remove("outbox");
         o.insert("history".into(), Value::Array(history));
     }
     Ok(Json(v))
@@ -311,7 +299,11 @@ pub async fn cancel(
         by: user.username.clone(),
     };
     let at = now();
-    let step = match st.store.step(&rec.request_id, &cmd, at, &st.policy).await? {
+    let step = match st
+        .store
+        .step(&rec.request_id, &cmd, at, 0, &st.policy)
+        .await?
+    {
         Ok(step) => step,
         Err(Refusal::NotRequester) => {
             return Err(ApiError::forbidden(

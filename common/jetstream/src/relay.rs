@@ -1,0 +1,134 @@
+//! The relay: publishes the events waiting in request records' outboxes.
+//!
+//! A state change and its events are one durable write (the record's outbox, see
+//! `tars_domain::record::Outgoing`). The relay tails the `TARS_REQUESTS` bucket's own
+//! stream through the durable consumer `relay`, so every revision that was written is
+//! seen at least once, in order, even if the process that wrote it died the instant after:
+//! nothing is found by scanning, and nothing waits in memory. Each event is published with
+//! its own `Nats-Msg-Id`, so a revision seen twice publishes once.
+//!
+//! Every TARS process runs one relay on the same durable consumer; they share the work.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind, consumer};
+use futures::StreamExt;
+use serde::Deserialize;
+use tars_domain::Outgoing;
+use tars_observability::trace::{self, TraceContext};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::publish::EventPublisher;
+use crate::topology::Topology;
+
+/// The relay's durable consumer on the bucket's stream.
+pub const RELAY_CONSUMER: &str = "relay";
+
+/// How many revisions one pull asks for.
+const BATCH: usize = 64;
+
+/// The relay's consumer: every revision of every record key (the open-request index keys,
+/// `open.<user>`, have two tokens and are not matched).
+pub fn consumer_config(
+    bucket: &str,
+    ack_wait: Duration,
+    replicas: usize,
+) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(RELAY_CONSUMER.into()),
+        description: Some("TARS relay: publishes request records' outboxes".into()),
+        filter_subject: format!("$KV.{bucket}.*"),
+        deliver_policy: consumer::DeliverPolicy::All,
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait,
+        max_deliver: -1,
+        max_ack_pending: 10_000,
+        num_replicas: replicas,
+        ..Default::default()
+    }
+}
+
+/// Only the outbox of a record; everything else in it is none of the relay's business.
+#[derive(Deserialize)]
+struct OutboxOnly {
+    #[serde(default)]
+    outbox: Vec<Outgoing>,
+}
+
+/// Publishes the outbox of one revision; `Err` leaves the revision to be redelivered.
+async fn relay_one(
+    publisher: &EventPublisher,
+    msg: &jetstream::Message,
+) -> Result<(), crate::publish::PublishError> {
+    // A deleted or purged key has no payload and nothing to announce.
+    if msg.payload.is_empty() {
+        return Ok(());
+    }
+    let revision: OutboxOnly = match serde_json::from_slice(&msg.payload) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(subject = %msg.subject, error = %e, "a record the relay cannot read: skipped");
+            return Ok(());
+        }
+    };
+    for out in revision.outbox {
+        let ctx = TraceContext::from_header(out.traceparent.as_deref());
+        let span = tracing::info_span!(
+            "relay",
+            request_id = %out.envelope.request_id,
+            trace_id = %ctx.trace_id()
+        );
+        trace::scope(ctx, publisher.publish(&out.envelope, &out.msg_id))
+            .instrument(span)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Relays until `shutdown`; a pull or publish failure (NATS away) is retried.
+pub async fn run(topology: Topology, publisher: EventPublisher, shutdown: CancellationToken) {
+    let consumer: consumer::PullConsumer = match topology
+        .requests
+        .stream
+        .get_consumer(RELAY_CONSUMER)
+        .await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "the relay's consumer is missing; no events will be published by this process");
+            return;
+        }
+    };
+    while !shutdown.is_cancelled() {
+        let batch = tokio::select! {
+            b = consumer.batch().max_messages(BATCH).expires(Duration::from_secs(2)).messages() => b,
+            _ = shutdown.cancelled() => break,
+        };
+        let mut batch = match batch {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(consumer = RELAY_CONSUMER, error = %e, "relay pull failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
+                    _ = shutdown.cancelled() => break,
+                }
+            }
+        };
+        // A pull is finished even during shutdown: it is short, and what it holds is
+        // published rather than left to wait for its ack timer.
+        while let Some(next) = batch.next().await {
+            let Ok(msg) = next else { break };
+            let settle = match relay_one(&publisher, &msg).await {
+                Ok(()) => AckKind::Ack,
+                Err(e) => {
+                    tracing::warn!(error = %e, subject = %msg.subject, "relay publish failed; will retry");
+                    AckKind::Nak(Some(Duration::from_millis(500)))
+                }
+            };
+            if let Err(e) = msg.ack_with(settle).await {
+                tracing::warn!(error = %e, "relay ack failed; the revision comes back");
+            }
+        }
+    }
+}
