@@ -276,6 +276,9 @@ impl RequestStore {
 
     /// Removes a request that left `pending` from its requester's open index.
     pub async fn close_open(&self, record: &RequestRecord) -> Result<(), StoreError> {
+        fail::fail_point!("store.close_open", |_| Err(StoreError::Unavailable(
+            "fail point store.close_open".into()
+        )));
         let slot = open_slot(&record.tenant_name, record.permission);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let Some(mut idx) = self.open_index(&record.requester).await? else {

@@ -49,6 +49,7 @@ impl Worker {
             Ok(s) => s,
             Err(e) => return store_outcome(e),
         };
+        fail::fail_point!("decide.after_write");
         let effects = match stepped {
             Ok(step) => {
                 if step.changed {
@@ -102,6 +103,7 @@ impl Worker {
                 .await
             {
                 Ok(Ok(step)) if step.changed => {
+                    fail::fail_point!("expire.after_write");
                     expired += 1;
                     self.metrics.requests.with_label_values(&["expired"]).inc();
                 }

@@ -89,7 +89,10 @@ impl Worker {
             _ => None,
         });
         match grant {
-            Some(m) => self.grant(id, &m, last_attempt, cause).await,
+            Some(m) => {
+                fail::fail_point!("grant.before_call");
+                self.grant(id, &m, last_attempt, cause).await
+            }
             None => Outcome::Ack,
         }
     }
@@ -106,7 +109,10 @@ impl Worker {
         let reason = match self.governance.add_member(&group, &m.user).await {
             Ok(()) => {
                 tracing::info!(%group, user = %m.user, "access granted");
-                return match self.step(id, Command::Granted, cause).await {
+                fail::fail_point!("grant.after_call");
+                let recorded = self.step(id, Command::Granted, cause).await;
+                fail::fail_point!("grant.after_record");
+                return match recorded {
                     Ok(_) | Err(Outcome::Ack) => Outcome::Ack,
                     Err(o) => o,
                 };

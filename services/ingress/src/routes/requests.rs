@@ -152,6 +152,7 @@ pub async fn submit(
             .write_open_index(&requester, &open, revision)
             .await?
         {
+            fail::fail_point!("submit.after_index");
             return create_and_publish(&st, new_request(id)).await;
         }
     }
@@ -187,6 +188,7 @@ async fn create_and_publish(st: &AppState, step: Step) -> Result<Response, ApiEr
     let trace = tars_observability::trace::current().map(|t| t.child().header());
     let (record, _) = step.into_outbox(0, at, trace);
     let rec = if st.store.create(&record).await? {
+        fail::fail_point!("submit.after_record");
         st.metrics.requests.with_label_values(&["pending"]).inc();
         record
     } else {
@@ -317,6 +319,7 @@ pub async fn cancel(
             )));
         }
     };
+    fail::fail_point!("cancel.after_write");
     // A repeat (cancelled already) publishes again in case the first publish was lost;
     // the stream keeps one copy.
     st.publisher

@@ -1,0 +1,261 @@
+//! Crash tests: a fail point stops a step between two durable writes, or right after an
+//! external call, exactly there and every time (a panic in the step: nothing after it
+//! runs, as if the process died), and the request must still end where it should.
+//!
+//! Fail points are process-global, so this binary holds only these tests and each runs
+//! inside a `FailScenario`, which serialises them.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+#[allow(dead_code)]
+#[path = "../it/stack.rs"]
+mod stack;
+#[allow(dead_code)]
+#[path = "../it/support.rs"]
+mod support;
+
+use std::time::Duration;
+
+use fail::FailScenario;
+use serde_json::json;
+use stack::*;
+use support::{LONG, eventually};
+use tars_testkit::standin::slack::SlackMessage;
+
+/// The one Slack message about `tenant`, once it shows `containing`.
+async fn message_about(s: &Stack, tenant: &str, containing: &str) -> SlackMessage {
+    eventually(LONG, &format!("the message about {tenant}"), || async {
+        let found: Vec<SlackMessage> = s
+            .slack
+            .messages()
+            .into_iter()
+            .filter(|m| m.blocks.to_string().contains(tenant))
+            .collect();
+        match &found[..] {
+            [m] if m.blocks.to_string().contains(containing) => Some(m.clone()),
+            _ => None,
+        }
+    })
+    .await
+}
+
+async fn wait_status(s: &Stack, id: &str, want: &str) {
+    eventually(LONG, &format!("{id} to be {want}"), || async {
+        (s.status_of(id).await == want).then_some(())
+    })
+    .await;
+}
+
+/// The request id a message's Approve button carries.
+fn id_in(m: &SlackMessage) -> String {
+    let text = m.blocks.to_string();
+    let at = text.find("\"value\":\"").unwrap() + 9;
+    text[at..at + 36].to_owned()
+}
+
+async fn workers() -> Stack {
+    Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_submission_that_dies_after_writing_its_record_still_reaches_the_approvers() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    fail::cfg("submit.after_record", "1*panic").unwrap();
+    let answer = s
+        .http
+        .post(format!("{}/requests/", s.base))
+        .bearer_auth(USER_TOKEN)
+        .json(&json!({"tenant_name": "crashed", "permission": "read_only"}))
+        .send()
+        .await;
+    assert!(
+        answer.map_or(true, |r| !r.status().is_success()),
+        "the crash answered 2xx"
+    );
+    // Nobody retries (the notebook client does not): the record alone must be enough.
+    let m = message_about(&s, "crashed", "\"approve\"").await;
+    let id = id_in(&m);
+    assert_eq!(s.status_of(&id).await, "pending");
+    s.interactor
+        .click(SLACK_APPROVER, "approve", &id, &s.slack.response_url())
+        .await
+        .unwrap();
+    wait_status(&s, &id, "applied").await;
+    assert_eq!(
+        s.wait_count(&format!("tars.request.submitted.{id}"), 1)
+            .await,
+        1
+    );
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_submission_that_dies_after_its_index_write_is_finished_by_the_retry() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    fail::cfg("submit.after_index", "1*panic").unwrap();
+    let body = json!({"tenant_name": "halfway", "permission": "read_write"});
+    let first = s
+        .http
+        .post(format!("{}/requests/", s.base))
+        .bearer_auth(USER_TOKEN)
+        .json(&body)
+        .send()
+        .await;
+    assert!(first.map_or(true, |r| !r.status().is_success()));
+    let (status, answer, _) = s.post("/requests/", Some(USER_TOKEN), body).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["request_id"].as_str().unwrap();
+    let m = message_about(&s, "halfway", "\"approve\"").await;
+    assert_eq!(id_in(&m), id);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_decision_that_dies_after_its_write_is_applied_once() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    let id = s.submit("decided", "read_only").await;
+    message_about(&s, "decided", "\"approve\"").await;
+    fail::cfg("decide.after_write", "1*panic").unwrap();
+    let (status, _, _) = s
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": id}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_status(&s, &id, "applied").await;
+    message_about(&s, "decided", "access granted").await;
+    assert_eq!(s.governance.calls().len(), 1, "one governance call");
+    assert_eq!(
+        s.wait_count(&format!("tars.request.approved.{id}"), 1)
+            .await,
+        1
+    );
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn an_event_published_by_a_relay_that_dies_before_its_ack_is_stored_once() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    fail::cfg("relay.after_publish", "1*panic").unwrap();
+    let id = s.submit("relayed", "read_only").await;
+    message_about(&s, "relayed", "\"approve\"").await;
+    // The dead relay's revision comes back to another relay after ack_wait and is
+    // published again: the message id keeps one copy.
+    let subject = format!("tars.request.submitted.{id}");
+    let stream = s
+        .nats
+        .topology
+        .js
+        .get_stream("KV_TARS_REQUESTS")
+        .await
+        .unwrap();
+    eventually(LONG, "the revision redelivered and acked", || async {
+        let mut relay: async_nats::jetstream::consumer::PullConsumer =
+            stream.get_consumer("relay").await.ok()?;
+        let info = relay.info().await.ok()?;
+        // Each delivery takes a consumer sequence: more deliveries than revisions means
+        // one came back.
+        let revisions: usize = {
+            use futures::TryStreamExt;
+            let subjects = stream
+                .info_with_subjects("$KV.TARS_REQUESTS.*")
+                .await
+                .ok()?;
+            let counts: Vec<(String, usize)> = subjects.try_collect().await.ok()?;
+            counts.iter().map(|(_, n)| n).sum()
+        };
+        let redelivered = info.delivered.consumer_sequence > revisions as u64;
+        (redelivered && info.num_ack_pending == 0).then_some(())
+    })
+    .await;
+    assert_eq!(s.count_subject(&subject).await, 1);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn an_expiry_that_dies_after_its_write_still_tells_slack() {
+    let scenario = FailScenario::setup();
+    let s = Stack::start(Options {
+        workers: true,
+        request_ttl: Duration::from_secs(1),
+        ..Options::default()
+    })
+    .await;
+    fail::cfg("expire.after_write", "1*panic").unwrap();
+    let id = s.submit("stale", "read_only").await;
+    wait_status(&s, &id, "expired").await;
+    message_about(&s, "stale", "Expired unanswered").await;
+    assert_eq!(
+        s.wait_count(&format!("tars.request.expired.{id}"), 1).await,
+        1
+    );
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_cancel_whose_index_removal_fails_succeeds_and_leaks_nothing() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    let id = s.submit("leaky", "read_only").await;
+    fail::cfg("store.close_open", "1*return").unwrap();
+    let (status, body, _) = s
+        .post(
+            &format!("/requests/{id}/cancel"),
+            Some(USER_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(s.status_of(&id).await, "cancelled");
+    // The expiry sweep removes the stale index entry; record and index agree again.
+    let requests = &s.nats.topology.requests;
+    eventually(LONG, "the stale index entry removed", || async {
+        let entry = requests.get("open.alice").await.unwrap()?;
+        let index: serde_json::Value = serde_json::from_slice(&entry).unwrap();
+        (index.as_object().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    let again = s.submit("leaky", "read_only").await;
+    assert_ne!(again, id, "a new request, not the cancelled one");
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_cancel_that_dies_after_its_write_is_announced_once() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    let id = s.submit("withdrawn", "read_only").await;
+    fail::cfg("cancel.after_write", "1*panic").unwrap();
+    let first = s
+        .http
+        .post(format!("{}/requests/{id}/cancel", s.base))
+        .bearer_auth(USER_TOKEN)
+        .json(&json!({}))
+        .send()
+        .await;
+    assert!(first.map_or(true, |r| !r.status().is_success()));
+    let (status, body, _) = s
+        .post(
+            &format!("/requests/{id}/cancel"),
+            Some(USER_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    message_about(&s, "withdrawn", "Cancelled by the requester").await;
+    assert_eq!(
+        s.wait_count(&format!("tars.request.cancelled.{id}"), 1)
+            .await,
+        1
+    );
+    scenario.teardown();
+}
