@@ -132,7 +132,7 @@ async fn a_decision_that_dies_after_its_write_is_applied_once() {
     assert_eq!(status, 202);
     wait_status(&s, &id, "applied").await;
     message_about(&s, "decided", "access granted").await;
-    assert_eq!(s.governance.calls().len(), 1, "one governance call");
+    assert_eq!(s.governance.add_calls(), 1, "one governance change");
     assert_eq!(
         s.wait_count(&format!("tars.request.approved.{id}"), 1)
             .await,
@@ -258,4 +258,62 @@ async fn a_cancel_that_dies_after_its_write_is_announced_once() {
         1
     );
     scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_grant_that_dies_after_the_governance_call_never_calls_again() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    let id = s.submit("granted", "read_write").await;
+    message_about(&s, "granted", "\"approve\"").await;
+    fail::cfg("grant.after_call", "1*panic").unwrap();
+    let (status, _, _) = s
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": id}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_status(&s, &id, "applied").await;
+    message_about(&s, "granted", "access granted").await;
+    // The redelivered grant order read the tenant, found the member, and added nothing.
+    assert_eq!(s.governance.add_calls(), 1, "one governance change");
+    assert_eq!(
+        s.governance.members_of("granted"),
+        vec![("alice".to_owned(), "read_write".to_owned())]
+    );
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_grant_that_dies_before_or_after_recording_ends_applied_with_one_call() {
+    for point in ["grant.before_call", "grant.after_record"] {
+        let scenario = FailScenario::setup();
+        let s = workers().await;
+        let tenant = point.replace(['.', '_'], "-");
+        let id = s.submit(&tenant, "read_only").await;
+        fail::cfg(point, "1*panic").unwrap();
+        let (status, _, _) = s
+            .post(
+                "/approvals/approve",
+                Some(ADMIN_TOKEN),
+                json!({"request_id": id}),
+            )
+            .await;
+        assert_eq!(status, 202);
+        wait_status(&s, &id, "applied").await;
+        message_about(&s, &tenant, "access granted").await;
+        assert_eq!(
+            s.governance.add_calls(),
+            1,
+            "{point}: one governance change"
+        );
+        assert_eq!(
+            s.wait_count(&format!("tars.request.applied.{id}"), 1).await,
+            1,
+            "{point}"
+        );
+        scenario.teardown();
+    }
 }

@@ -196,7 +196,11 @@ async fn governance_outages_are_retried_and_refusals_fail_then_replay() {
     assert_eq!(status, 202);
     wait_status(&s, &id, "applied").await;
     assert_eq!(s.governance.add_calls(), 1);
-    assert_eq!(s.governance.calls().len(), 4, "three 500s, then the grant");
+    assert_eq!(
+        s.governance.calls().len(),
+        5,
+        "three 500s reading the tenant, then a read and the add"
+    );
 
     s.governance.faults().fail_next_with(
         1,
@@ -608,4 +612,33 @@ async fn one_trace_id_follows_a_call_through_every_worker() {
             "{kind}"
         );
     }
+}
+
+#[tokio::test]
+async fn read_only_for_a_read_write_member_changes_nothing() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    s.governance.set_member("owned", "alice", "read_write");
+    let id = s.submit("owned", "read_only").await;
+    let (status, _, _) = s
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": id}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_status(&s, &id, "applied").await;
+    assert_eq!(
+        s.governance.add_calls(),
+        0,
+        "never a demotion, never a call"
+    );
+    assert_eq!(
+        s.governance.members_of("owned"),
+        vec![("alice".to_owned(), "read_write".to_owned())]
+    );
 }

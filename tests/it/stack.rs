@@ -92,7 +92,7 @@ impl Stack {
         kbase.add_user(ADMIN2_TOKEN, "carol", &["CDM_JUPYTERHUB_ADMIN"]);
         let slack = FakeSlack::start(BOT_TOKEN, &[CHANNEL]).await;
         let governance = FakeGovernance::start(GOV_TOKEN).await;
-        governance.allow_any_group(true);
+        governance.allow_any_tenant(true);
         let ingress_metrics = Metrics::new();
         let args = tars_ingress::Args {
             kbase_required_roles: opts.required_roles.into(),
@@ -180,6 +180,7 @@ impl Stack {
             governance_api_url: Some(self.governance.url()),
             governance_token: Some(GOV_TOKEN.into()),
             governance_token_file: None,
+            governance_api: tars_governance_applier::Api::Tenants,
         }
     }
 

@@ -1,14 +1,49 @@
-//! The governance API (minio_manager_service): add a user to a group.
+//! The governance API (minio_manager_service): who is a member of a tenant, and making them
+//! one.
 //!
-//! The answer decides the message's fate: 2xx or "already a member" is success; 5xx,
-//! 429, timeouts and connection errors are transient (the message is retried with
-//! backoff by JetStream redelivery, not in process); any other 4xx is permanent and its
-//! `detail`/`message` is kept as the failure reason.
+//! Two membership APIs exist (`GOVERNANCE_API`):
+//! - [`Api::Tenants`] (the default): `GET /tenants/{tenant}` lists members with their access
+//!   level (and the stewards); `POST /tenants/{tenant}/members/{user}?permission=…` adds.
+//!   Unambiguous, and readable, so a grant is *read, then add only if needed*: a retry
+//!   after a crash that came after the add finds the member and adds nothing, and a
+//!   read_only request from a read_write member is satisfied without a call (never a
+//!   demotion).
+//! - [`Api::Groups`] (the older API): `POST /management/groups/{group}/members/{user}`,
+//!   group = tenant (read_write) or tenant + `ro` (read_only). It cannot be read per
+//!   group, so a retried add relies on "already a member" being success.
+//!
+//! Answers are classified once, here: 2xx or "already a member" is success; 5xx, 429,
+//! 408, timeouts and connection errors are transient (the message is retried later);
+//! any other 4xx is permanent and its `detail`/`message` is kept as the failure reason.
 
 use std::time::Duration;
 
-use tars_domain::Username;
+use serde::Deserialize;
+use tars_domain::{Permission, TenantName, Username};
 use tars_observability::metrics::Metrics;
+
+/// How long one call may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which membership API the governance service is spoken to with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    /// `/tenants/{tenant}/…`: readable and unambiguous.
+    Tenants,
+    /// `/management/groups/{group}/…`: the older group API.
+    Groups,
+}
+
+impl std::str::FromStr for Api {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tenants" => Ok(Self::Tenants),
+            "groups" => Ok(Self::Groups),
+            other => Err(format!("{other:?} is not \"tenants\" or \"groups\"")),
+        }
+    }
+}
 
 /// Why the call did not grant access.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,12 +56,68 @@ pub enum GovernanceError {
     Permanent(String),
 }
 
+/// What a grant found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Granted {
+    /// The membership was added (or upgraded to the level asked for).
+    Added,
+    /// The user already held this level or a higher one: nothing was changed.
+    AlreadySatisfied,
+}
+
+/// A tenant's steward, as the tenant API lists them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Steward {
+    /// KBase username.
+    pub username: String,
+    /// E-mail, when the profile has one.
+    #[serde(default)]
+    pub email: Option<String>,
+}
+
+/// A tenant's member and their access level.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Member {
+    /// KBase username.
+    pub username: String,
+    /// `read_only` or `read_write`.
+    pub access_level: Permission,
+}
+
+/// What `GET /tenants/{tenant}` says (the fields TARS uses).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TenantInfo {
+    /// Who stewards the tenant.
+    #[serde(default)]
+    pub stewards: Vec<Steward>,
+    /// Who has access, at which level.
+    #[serde(default)]
+    pub members: Vec<Member>,
+}
+
+impl TenantInfo {
+    /// The access `user` holds now, if any.
+    pub fn access_of(&self, user: &Username) -> Option<Permission> {
+        self.members
+            .iter()
+            .find(|m| m.username == user.as_str())
+            .map(|m| m.access_level)
+    }
+}
+
+/// Whether holding `held` already gives what `wanted` asks for (read_write includes
+/// read_only).
+pub fn covers(held: Permission, wanted: Permission) -> bool {
+    held == wanted || held == Permission::ReadWrite
+}
+
 /// The governance API client; cheap to clone.
 #[derive(Clone)]
 pub struct GovernanceClient {
     http: reqwest::Client,
     base: String,
     token: String,
+    api: Api,
     metrics: Metrics,
 }
 
@@ -42,25 +133,34 @@ fn reason_from(body: &str) -> String {
     body.chars().take(300).collect()
 }
 
+/// What one call answered, before it is read as a grant or a tenant.
+enum Answer {
+    Ok(String),
+    NotFound(String),
+    AlreadyMember,
+}
+
 impl GovernanceClient {
-    /// A client for `base` with the service `token`.
-    pub fn new(http: reqwest::Client, base: &str, token: &str, metrics: Metrics) -> Self {
+    /// A client for `base` with the service `token`, speaking `api`.
+    pub fn new(http: reqwest::Client, base: &str, token: &str, api: Api, metrics: Metrics) -> Self {
         Self {
             http,
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
+            api,
             metrics,
         }
     }
 
-    /// `POST /management/groups/{group}/members/{user}`.
-    pub async fn add_member(&self, group: &str, user: &Username) -> Result<(), GovernanceError> {
-        let url = format!("{}/management/groups/{group}/members/{user}", self.base);
-        let resp = self
-            .http
-            .post(&url)
+    /// The API this client speaks.
+    pub fn api(&self) -> Api {
+        self.api
+    }
+
+    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Answer, GovernanceError> {
+        let resp = req
             .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(10))
+            .timeout(CALL_TIMEOUT)
             .send()
             .await;
         let resp = match resp {
@@ -72,13 +172,16 @@ impl GovernanceClient {
         };
         let status = resp.status();
         self.metrics.external("governance", status.as_str());
-        if status.is_success() {
-            return Ok(());
-        }
         let body = resp.text().await.unwrap_or_default();
+        if status.is_success() {
+            return Ok(Answer::Ok(body));
+        }
         let reason = reason_from(&body);
         if reason.to_ascii_lowercase().contains("already a member") {
-            return Ok(());
+            return Ok(Answer::AlreadyMember);
+        }
+        if status == reqwest::StatusCode::NOT_FOUND {
+            return Ok(Answer::NotFound(reason));
         }
         if status.is_server_error()
             || status == reqwest::StatusCode::TOO_MANY_REQUESTS
@@ -92,6 +195,71 @@ impl GovernanceClient {
                 "HTTP {}: {reason}",
                 status.as_u16()
             )))
+        }
+    }
+
+    /// `GET /tenants/{tenant}`: `None` when the governance API does not know the tenant.
+    /// With the group API there is nothing to read: `Ok(None)` is never answered there,
+    /// the call is refused as permanent.
+    pub async fn tenant(&self, tenant: &TenantName) -> Result<Option<TenantInfo>, GovernanceError> {
+        if self.api == Api::Groups {
+            return Err(GovernanceError::Permanent(
+                "the group API cannot read a tenant".into(),
+            ));
+        }
+        let url = format!("{}/tenants/{tenant}", self.base);
+        match self.call(self.http.get(&url)).await? {
+            Answer::Ok(body) => serde_json::from_str(&body).map(Some).map_err(|e| {
+                GovernanceError::Transient(format!("unreadable tenant {tenant}: {e}"))
+            }),
+            Answer::NotFound(_) => Ok(None),
+            Answer::AlreadyMember => Err(GovernanceError::Transient(format!(
+                "unexpected answer reading tenant {tenant}"
+            ))),
+        }
+    }
+
+    /// Gives `user` `permission` on `tenant`. With the tenant API the members are read
+    /// first, so an existing (or higher) membership is left as it is and a retry after a
+    /// lost answer adds nothing.
+    pub async fn grant(
+        &self,
+        user: &Username,
+        tenant: &TenantName,
+        permission: Permission,
+    ) -> Result<Granted, GovernanceError> {
+        match self.api {
+            Api::Tenants => {
+                let info = self.tenant(tenant).await?.ok_or_else(|| {
+                    GovernanceError::Permanent(format!("the governance API has no tenant {tenant}"))
+                })?;
+                if info
+                    .access_of(user)
+                    .is_some_and(|held| covers(held, permission))
+                {
+                    return Ok(Granted::AlreadySatisfied);
+                }
+                let url = format!(
+                    "{}/tenants/{tenant}/members/{user}?permission={permission}",
+                    self.base
+                );
+                self.added(self.call(self.http.post(&url)).await?)
+            }
+            Api::Groups => {
+                let group = permission.group_for(tenant);
+                let url = format!("{}/management/groups/{group}/members/{user}", self.base);
+                self.added(self.call(self.http.post(&url)).await?)
+            }
+        }
+    }
+
+    fn added(&self, answer: Answer) -> Result<Granted, GovernanceError> {
+        match answer {
+            Answer::Ok(_) => Ok(Granted::Added),
+            Answer::AlreadyMember => Ok(Granted::AlreadySatisfied),
+            Answer::NotFound(reason) => {
+                Err(GovernanceError::Permanent(format!("HTTP 404: {reason}")))
+            }
         }
     }
 }
@@ -111,5 +279,32 @@ mod tests {
             "Group 'a' not found"
         );
         assert_eq!(reason_from("plain"), "plain");
+    }
+
+    #[test]
+    fn read_write_covers_read_only_and_never_the_reverse() {
+        assert!(covers(Permission::ReadWrite, Permission::ReadOnly));
+        assert!(covers(Permission::ReadOnly, Permission::ReadOnly));
+        assert!(!covers(Permission::ReadOnly, Permission::ReadWrite));
+    }
+
+    #[test]
+    fn the_tenant_api_answer_is_read_for_members_and_stewards() {
+        let body = r#"{"metadata":{"tenant_name":"genomics"},
+            "stewards":[{"username":"pi","email":"pi@lab.org","assigned_by":"admin","assigned_at":"2026-01-01T00:00:00Z"}],
+            "members":[{"username":"alice","access_level":"read_write","is_steward":false}],
+            "member_count":1,"storage_paths":{}}"#;
+        let info: TenantInfo = serde_json::from_str(body).unwrap();
+        assert_eq!(info.stewards[0].email.as_deref(), Some("pi@lab.org"));
+        let alice = Username::parse("alice").unwrap();
+        assert_eq!(info.access_of(&alice), Some(Permission::ReadWrite));
+        assert_eq!(info.access_of(&Username::parse("bob").unwrap()), None);
+    }
+
+    #[test]
+    fn the_api_is_named_in_the_environment() {
+        assert_eq!("tenants".parse::<Api>(), Ok(Api::Tenants));
+        assert_eq!("groups".parse::<Api>(), Ok(Api::Groups));
+        assert!("ldap".parse::<Api>().is_err());
     }
 }

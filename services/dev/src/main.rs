@@ -57,7 +57,7 @@ async fn main() -> anyhow::Result<()> {
     kbase.add_user(ADMIN_TOKEN, "bob", &["CDM_JUPYTERHUB_ADMIN"]);
     let slack = FakeSlack::start_on(BOT_TOKEN, &[CHANNEL], args.standin_port + 1).await;
     let governance = FakeGovernance::start_on(GOV_TOKEN, args.standin_port + 2).await;
-    governance.allow_any_group(true);
+    governance.allow_any_tenant(true);
     let ingress_url = format!("http://127.0.0.1:{}", args.port);
     slack.set_interaction_target(&ingress_url, SIGNING_SECRET);
 
@@ -89,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         governance_api_url: Some(governance.url()),
         governance_token: Some(GOV_TOKEN.into()),
         governance_token_file: None,
+        governance_api: tars_governance_applier::Api::Tenants,
     };
     let s = shutdown.clone();
     let tasks: Vec<(&str, JoinHandle<anyhow::Result<()>>)> = vec![

@@ -4,7 +4,7 @@
 use tars_domain::RequestId;
 use tars_domain::events::Event;
 use tars_domain::machine::{Command, Effect, Membership, Policy, Refusal};
-use tars_governance::{GovernanceClient, GovernanceError};
+use tars_governance::{GovernanceClient, GovernanceError, Granted};
 use tars_jetstream::publish::EventPublisher;
 use tars_jetstream::service::Connected;
 use tars_jetstream::store::{RequestStore, StoreError};
@@ -106,9 +106,20 @@ impl Worker {
         cause: u64,
     ) -> Outcome {
         let group = m.group();
-        let reason = match self.governance.add_member(&group, &m.user).await {
-            Ok(()) => {
-                tracing::info!(%group, user = %m.user, "access granted");
+        let granted = self
+            .governance
+            .grant(&m.user, &m.tenant, m.permission)
+            .await;
+        let reason = match granted {
+            Ok(how) => {
+                match how {
+                    Granted::Added => {
+                        tracing::info!(tenant = %m.tenant, permission = %m.permission, user = %m.user, "access granted")
+                    }
+                    Granted::AlreadySatisfied => {
+                        tracing::info!(tenant = %m.tenant, permission = %m.permission, user = %m.user, "the user already had this access: nothing changed")
+                    }
+                }
                 fail::fail_point!("grant.after_call");
                 let recorded = self.step(id, Command::Granted, cause).await;
                 fail::fail_point!("grant.after_record");

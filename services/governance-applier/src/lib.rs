@@ -17,6 +17,8 @@ use tars_observability::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 pub use handler::Worker;
+/// Which membership API the applier speaks (`GOVERNANCE_API`).
+pub use tars_governance::Api;
 
 /// The environment of the governance-applier (`--help` lists every variable).
 #[derive(Debug, Clone, Parser)]
@@ -41,6 +43,10 @@ pub struct Args {
     /// File holding the governance token.
     #[arg(long, env = "GOVERNANCE_TOKEN_FILE")]
     pub governance_token_file: Option<std::path::PathBuf>,
+    /// Which membership API to speak: `tenants` (readable, unambiguous) or `groups` (the
+    /// older API).
+    #[arg(long, env = "GOVERNANCE_API", default_value = "tenants")]
+    pub governance_api: Api,
 }
 
 /// Runs the governance-applier until `shutdown` fires.
@@ -72,6 +78,7 @@ pub async fn run(args: Args, metrics: Metrics, shutdown: CancellationToken) -> a
         http,
         args.governance_api_url.as_deref().unwrap_or_default(),
         token.as_deref().unwrap_or_default(),
+        args.governance_api,
         metrics.clone(),
     );
     let conn =

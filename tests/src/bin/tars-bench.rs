@@ -220,7 +220,7 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
     kbase.add_user("bench-admin", "benchadmin", &["CDM_JUPYTERHUB_ADMIN"]);
     let slack = FakeSlack::start("xoxb-bench", &["C1"]).await;
     let governance = FakeGovernance::start("gov").await;
-    governance.allow_any_group(true);
+    governance.allow_any_tenant(true);
     let stop = CancellationToken::new();
     let args = tars_ingress::Args {
         kbase_cache_ttl: Duration::from_secs(600),
@@ -268,6 +268,7 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
                 governance_api_url: Some(governance.url()),
                 governance_token: Some("gov".into()),
                 governance_token_file: None,
+                governance_api: tars_governance_applier::Api::Tenants,
             },
             Metrics::new(),
             stop.clone(),
