@@ -36,7 +36,11 @@ pub struct CommonArgs {
     /// consumers, so set it alike everywhere.
     #[arg(long, env = "TARS_ACK_WAIT", default_value = "30s", value_parser = parse_duration)]
     pub ack_wait: Duration,
-    /// Log filter (`info`, `debug`, `tars_common=debug,info`, ...).
+    /// How long start-up may keep trying to declare the topology (a cluster still
+    /// electing leaders answers late) before the process gives up.
+    #[arg(long, env = "TARS_STARTUP_DEADLINE", default_value = "60s", value_parser = parse_duration)]
+    pub startup_deadline: Duration,
+    /// Log filter (`info`, `debug`, `tars_jetstream=debug,info`, ...).
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
     /// Log format: `json` or `text`.
@@ -55,6 +59,7 @@ impl CommonArgs {
             replicas: 1,
             events_max_age: Duration::from_secs(90 * 86_400),
             ack_wait: Duration::from_secs(30),
+            startup_deadline: Duration::from_secs(60),
             log_level: "info".into(),
             log_format: "text".into(),
         }

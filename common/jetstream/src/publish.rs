@@ -43,11 +43,19 @@ impl EventPublisher {
                 ctx.child().header().as_str(),
             );
         }
-        let ack = self
-            .js
-            .publish_with_headers(envelope.subject(), headers, payload.into())
-            .await?
-            .await?;
+        let payload = bytes::Bytes::from(payload);
+        let send = || async {
+            let ack = self
+                .js
+                .publish_with_headers(envelope.subject(), headers.clone(), payload.clone())
+                .await?
+                .await?;
+            Ok::<_, PublishError>(ack)
+        };
+        // The message id makes a repeat of a publish that went through a no-op.
+        let ack =
+            crate::retry::ride_out("publish", send, |e| matches!(e, PublishError::Publish(_)))
+                .await?;
         self.metrics
             .events_published
             .with_label_values(&[envelope.event.kind()])

@@ -53,7 +53,7 @@ pub async fn connect(
     metrics: Metrics,
 ) -> Result<Connected, ServiceError> {
     let client = crate::nats::connect(&common.nats_url, common.creds(), name).await?;
-    let topology = topology::ensure(&client, &common.topology()).await?;
+    let topology = topology::declare(&client, &common.topology(), common.startup_deadline).await?;
     Ok(Connected {
         client,
         topology,

@@ -99,7 +99,13 @@ impl RequestStore {
         &self,
         key: &str,
     ) -> Result<Option<Versioned<T>>, StoreError> {
-        let Some(entry) = self.kv.entry(key).await.map_err(unavailable)? else {
+        let entry = crate::retry::ride_out(
+            "KV read",
+            || async { self.kv.entry(key).await.map_err(unavailable) },
+            StoreError::is_transient,
+        )
+        .await?;
+        let Some(entry) = entry else {
             return Ok(None);
         };
         if entry.operation != kv::Operation::Put {
@@ -130,18 +136,21 @@ impl RequestStore {
                     source,
                 })?,
             );
-        match revision {
-            Some(rev) => match self.kv.update(key, bytes, rev).await {
-                Ok(r) => Ok(Some(r)),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-                Err(e) => Err(unavailable(e)),
-            },
-            None => match self.kv.create(key, bytes).await {
-                Ok(r) => Ok(Some(r)),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-                Err(e) => Err(unavailable(e)),
-            },
-        }
+        let write = || async {
+            match revision {
+                Some(rev) => match self.kv.update(key, bytes.clone(), rev).await {
+                    Ok(r) => Ok(Some(r)),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                    Err(e) => Err(unavailable(e)),
+                },
+                None => match self.kv.create(key, bytes.clone()).await {
+                    Ok(r) => Ok(Some(r)),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+                    Err(e) => Err(unavailable(e)),
+                },
+            }
+        };
+        crate::retry::ride_out("KV write", write, StoreError::is_transient).await
     }
 
     /// Creates a record; `Ok(false)` if one with that id already exists.

@@ -78,6 +78,9 @@ pub enum TopologyError {
     /// The server runs without JetStream (`nats-server -js` is needed).
     #[error("the NATS server has no JetStream enabled (start nats-server with -js): {0}")]
     NoJetStream(String),
+    /// JetStream did not answer for the account (timed out, or still electing a leader).
+    #[error("JetStream account: {0}")]
+    Account(String),
     /// A stream could not be created or updated.
     #[error("declare stream {name}: {source}")]
     Stream {
@@ -156,15 +159,42 @@ pub fn consumer_config(kind: WorkerKind, cfg: &TopologyConfig) -> consumer::pull
     }
 }
 
-/// Declares streams, bucket and consumers; safe to call from any number of processes.
+/// Declares the topology like [`ensure`], trying again with growing, jittered waits until
+/// `deadline` has passed: on a cluster, simultaneous creates of one stream answer late and
+/// a node may still be electing leaders, so a failed attempt is normal at start, not
+/// fatal. A server without JetStream is refused at once (waiting will not give it one).
+pub async fn declare(
+    client: &async_nats::Client,
+    cfg: &TopologyConfig,
+    deadline: Duration,
+) -> Result<Topology, TopologyError> {
+    use backon::{ExponentialBuilder, Retryable};
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(Duration::from_secs(2))
+        .with_total_delay(Some(deadline))
+        .with_max_times(usize::MAX)
+        .with_jitter();
+    (|| ensure(client, cfg))
+        .retry(backoff)
+        .when(|e| !matches!(e, TopologyError::NoJetStream(_)))
+        .notify(|e, wait| tracing::warn!(error = %e, ?wait, "declaring the topology failed; trying again"))
+        .await
+}
+
+/// Declares streams, bucket and consumers once; safe to call from any number of
+/// processes at once.
 pub async fn ensure(
     client: &async_nats::Client,
     cfg: &TopologyConfig,
 ) -> Result<Topology, TopologyError> {
     let js = jetstream::new(client.clone());
-    js.query_account()
-        .await
-        .map_err(|e| TopologyError::NoJetStream(e.to_string()))?;
+    js.query_account().await.map_err(|e| match e.kind() {
+        jetstream::context::AccountErrorKind::JetStreamUnavailable => {
+            TopologyError::NoJetStream(e.to_string())
+        }
+        _ => TopologyError::Account(e.to_string()),
+    })?;
 
     let events = create_stream(&js, EVENTS_STREAM, events_stream_config(cfg)).await?;
     let dlq = create_stream(&js, DLQ_STREAM, dlq_stream_config(cfg)).await?;
@@ -219,5 +249,5 @@ async fn create_stream(
         .map_err(|source| TopologyError::Stream { name, source })?;
     js.get_stream(name)
         .await
-        .map_err(|e| TopologyError::NoJetStream(format!("stream {name} vanished: {e}")))
+        .map_err(|e| TopologyError::Account(format!("stream {name} vanished: {e}")))
 }
