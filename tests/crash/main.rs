@@ -317,3 +317,47 @@ async fn a_grant_that_dies_before_or_after_recording_ends_applied_with_one_call(
         scenario.teardown();
     }
 }
+
+#[tokio::test]
+async fn two_updates_finishing_out_of_order_leave_the_newer_state() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    let id = s.submit("ordered", "read_only").await;
+    message_about(&s, "ordered", "\"approve\"").await;
+    // The grant takes a moment, so the notifier renders "approved" first; that update is
+    // held back until the "applied" update has landed, and then lands over it.
+    s.governance
+        .faults()
+        .set_latency(Duration::from_millis(300));
+    fail::cfg("notify.before_update", "1*return(1500)").unwrap();
+    let (status, _, _) = s
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": id}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_status(&s, &id, "applied").await;
+    // Wait until the notifier has settled everything, then look.
+    let events = s.nats.topology.events.clone();
+    eventually(LONG, "the notifier idle with both updates done", || async {
+        let mut notifier: async_nats::jetstream::consumer::PullConsumer =
+            events.get_consumer("notifier").await.ok()?;
+        let info = notifier.info().await.ok()?;
+        let m = s
+            .slack
+            .messages()
+            .into_iter()
+            .find(|m| m.blocks.to_string().contains(&id))?;
+        (info.num_pending == 0 && info.num_ack_pending == 0 && m.updates >= 2).then_some(())
+    })
+    .await;
+    let m = message_about(&s, "ordered", "ordered").await;
+    assert!(
+        m.blocks.to_string().contains("access granted"),
+        "the message was left on an older state: {}",
+        m.blocks
+    );
+    scenario.teardown();
+}

@@ -507,18 +507,17 @@ async fn a_workshop_burst_meets_slack_rate_limits_and_still_posts_once_each() {
 async fn paced_posting_avoids_slack_rate_limits() {
     let s = Stack::start(Options {
         workers: true,
-        slack_pacing: Some(8.0),
+        slack_pacing: Some(5.0),
         ..Options::default()
     })
     .await;
-    s.slack.faults().limit_rate(10);
+    // Slack's token bucket at 10 posts a second (bursts of 2) against posts paced 200 ms
+    // apart: a post could only meet the limit if pacing let two through closer than the
+    // bucket refills, by more than a whole token.
+    s.slack.limit_posts(10.0, 2);
     let ids = burst(&s, 20).await;
     one_message_each(&s, &ids).await;
-    assert_eq!(
-        s.slack.faults().rate_limited(),
-        0,
-        "paced under the limit, no 429"
-    );
+    assert_eq!(s.slack.posts_refused(), 0, "paced under the limit, no 429");
 }
 
 #[tokio::test]
@@ -640,5 +639,39 @@ async fn read_only_for_a_read_write_member_changes_nothing() {
     assert_eq!(
         s.governance.members_of("owned"),
         vec![("alice".to_owned(), "read_write".to_owned())]
+    );
+}
+
+#[tokio::test]
+async fn a_burst_longer_than_the_retry_budget_waits_and_posts_every_request_once() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    // Slack's shape of limit, scaled up so the test runs in seconds: 20 posts a second
+    // per channel, bursts of 20. 200 requests take about 10 s of posting, far longer than
+    // the test workers' whole retry budget (10 deliveries, 50 ms doubling to 1 s).
+    s.slack.limit_posts(20.0, 20);
+    let ids = burst(&s, 200).await;
+    one_message_each(&s, &ids).await;
+    let (_, body) = s.get("/admin/dead-letters", Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        body["dead_letters"],
+        json!([]),
+        "a rate limit never dead-letters"
+    );
+    let posts = s
+        .slack
+        .calls()
+        .iter()
+        .filter(|(m, _)| m == "chat.postMessage")
+        .count();
+    let refused = s.slack.posts_refused();
+    assert!(refused > 0, "the burst did meet the limit");
+    assert_eq!(posts, 200 + refused);
+    assert!(
+        refused <= 40,
+        "{refused} refused posts: waiting tasks rushed Slack when a pause ended"
     );
 }

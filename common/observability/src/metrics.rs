@@ -7,7 +7,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric family TARS exports; cheap to clone (one shared registry).
@@ -40,6 +41,12 @@ pub struct Inner {
     pub external_retries: IntCounterVec,
     /// `tars_requests_total{status}`: transitions into each request status.
     pub requests: IntCounterVec,
+    /// `tars_slack_rate_limited_total{method}`: Slack answers that said "not yet" (429 or
+    /// `ratelimited`); each is waited out, never counted as a failed delivery.
+    pub slack_rate_limited: IntCounterVec,
+    /// `tars_slack_wait_seconds_total{reason}`: time calls spent waiting for a channel,
+    /// `reason` = `paused` (after a 429) or `paced` (`SLACK_MAX_POSTS_PER_SECOND`).
+    pub slack_wait_seconds: CounterVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -150,6 +157,25 @@ impl Metrics {
                 "Requests entering each status",
                 &["status"],
             ),
+            slack_rate_limited: counter(
+                r,
+                "tars_slack_rate_limited_total",
+                "Slack answers asking to slow down (waited out, never a failed delivery)",
+                &["method"],
+            ),
+            slack_wait_seconds: {
+                let c = CounterVec::new(
+                    Opts::new(
+                        "tars_slack_wait_seconds_total",
+                        "Seconds Slack calls waited for their channel (paused after a 429, or paced)",
+                    ),
+                    &["reason"],
+                )
+                .unwrap_or_else(|e| panic!("tars_slack_wait_seconds_total: {e}"));
+                r.register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("tars_slack_wait_seconds_total: {e}"));
+                c
+            },
             registry,
         };
         Self {

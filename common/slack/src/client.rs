@@ -2,8 +2,15 @@
 //!
 //! Slack answers most failures with HTTP 200 and `{"ok": false, "error": "<code>"}`; those
 //! codes are sorted here into permanent (fix the configuration: dead-letter) and transient
-//! (retry). A 429 pauses every call to that channel until `Retry-After` has passed, so a
-//! burst of requests waits together instead of each message failing on its own.
+//! (retry).
+//!
+//! **Rate limits are waiting, not failure.** A call to a channel that meets a 429 (or
+//! `ratelimited`) pauses every call to that channel until `Retry-After` has passed, then
+//! tries again itself: it never returns the limit to its caller, so a burst never uses up
+//! delivery attempts and never dead-letters. After a limit the channel's calls go single
+//! file for a while, so when a pause ends one call meets Slack, not every waiting task at
+//! once (no thundering herd). Waits carry a little jitter, and show in
+//! `tars_slack_rate_limited_total` and `tars_slack_wait_seconds_total`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,9 +21,8 @@ use serde_json::{Value, json};
 
 use tars_observability::metrics::Metrics;
 
-/// Longest pause a call waits out in place; longer pauses go back to the caller as
-/// [`SlackError::RateLimited`] so the message is retried later instead of holding a slot.
-const MAX_INLINE_WAIT: Duration = Duration::from_secs(5);
+/// The most jitter added to a wait, so calls released by one pause do not arrive at once.
+const MAX_JITTER: Duration = Duration::from_millis(200);
 
 /// Why a Slack call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -24,7 +30,8 @@ pub enum SlackError {
     /// Slack will refuse this again until someone fixes the configuration or the input.
     #[error("Slack refused: {0}")]
     Permanent(String),
-    /// Slack asked us to slow down.
+    /// Slack asked us to slow down (only for calls with no channel to wait on, such as
+    /// `views.open`; channel calls wait instead).
     #[error("Slack rate limit: retry after {0:?}")]
     RateLimited(Duration),
     /// Slack or the network failed; trying again may work.
@@ -48,11 +55,43 @@ pub struct SlackClient {
     base: Arc<str>,
     token: Arc<str>,
     metrics: Metrics,
-    paused_until: Arc<Mutex<HashMap<String, Instant>>>,
+    /// The rate-limit gate of each channel, shared by every task of the process.
+    gates: Arc<Mutex<HashMap<String, Gate>>>,
     /// Optional proactive pacing of posts (`SLACK_MAX_POSTS_PER_SECOND`): the time
     /// between two posts to one channel, and the next free slot per channel.
     post_interval: Option<Duration>,
     next_post: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+/// After a rate limit, calls to the channel go one at a time for this long, so the limit
+/// is met by one call at a time rather than by every waiting task at once.
+const COOLDOWN: Duration = Duration::from_secs(10);
+
+/// One channel's gate.
+#[derive(Default)]
+struct Gate {
+    /// No call to the channel before this.
+    paused_until: Option<Instant>,
+    /// When the channel last met a rate limit.
+    limited_at: Option<Instant>,
+    /// Held by the one call in flight while the channel cools down.
+    single_file: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Gate {
+    fn cooling(&self, now: Instant) -> bool {
+        self.limited_at
+            .is_some_and(|t| now.duration_since(t) < COOLDOWN)
+    }
+}
+
+/// A small random wait, from the clock's low bits (good enough to spread wake-ups).
+fn jitter() -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    MAX_JITTER.mul_f64(f64::from(nanos % 1000) / 1000.0)
 }
 
 #[derive(Deserialize)]
@@ -100,7 +139,7 @@ impl SlackClient {
             base: base.trim_end_matches('/').into(),
             token: token.into(),
             metrics,
-            paused_until: Arc::default(),
+            gates: Arc::default(),
             post_interval: None,
             next_post: Arc::default(),
         }
@@ -115,25 +154,47 @@ impl SlackClient {
         self
     }
 
-    /// Waits for this post's slot under the pacing, or says how long to retry after when
-    /// the queue is longer than a handler should wait in place.
-    async fn pace(&self, channel: &str) -> Result<(), SlackError> {
+    /// Waits until a new post to `channel` may go: its pacing slot has come and no rate
+    /// limit pauses the channel. The notifier waits here *before* it claims the posting,
+    /// so a claim covers the call itself, not the queue in front of it.
+    pub async fn wait_turn(&self, channel: &str) {
+        self.pace(channel).await;
+        loop {
+            let until = {
+                let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+                gates.get(channel).and_then(|g| g.paused_until)
+            };
+            match until.map(|u| u.saturating_duration_since(Instant::now())) {
+                Some(left) if !left.is_zero() => self.wait(left + jitter(), "paused").await,
+                _ => return,
+            }
+        }
+    }
+
+    /// Waits for this post's slot under the pacing (posts queue for their turn).
+    async fn pace(&self, channel: &str) {
         let Some(interval) = self.post_interval else {
-            return Ok(());
+            return;
         };
         let wait = {
             let mut next = self.next_post.lock().unwrap_or_else(|p| p.into_inner());
             let now = Instant::now();
             let slot = next.get(channel).copied().unwrap_or(now).max(now);
-            let wait = slot - now;
-            if wait > MAX_INLINE_WAIT {
-                return Err(SlackError::RateLimited(wait - MAX_INLINE_WAIT));
-            }
             next.insert(channel.to_owned(), slot + interval);
-            wait
+            slot - now
         };
-        tokio::time::sleep(wait).await;
-        Ok(())
+        self.wait(wait, "paced").await;
+    }
+
+    async fn wait(&self, d: Duration, reason: &str) {
+        if d.is_zero() {
+            return;
+        }
+        tokio::time::sleep(d).await;
+        self.metrics
+            .slack_wait_seconds
+            .with_label_values(&[reason])
+            .inc_by(d.as_secs_f64());
     }
 
     /// Posts a new message; returns where it lives.
@@ -143,7 +204,6 @@ impl SlackClient {
         text: &str,
         blocks: &Value,
     ) -> Result<Posted, SlackError> {
-        self.pace(channel).await?;
         let body =
             json!({"channel": channel, "text": text, "blocks": blocks, "unfurl_links": false});
         let a = self.call("chat.postMessage", Some(channel), &body).await?;
@@ -202,42 +262,81 @@ impl SlackClient {
         SlackError::Transient(format!("{kind}: {e}"))
     }
 
-    async fn wait_for_gate(&self, channel: &str) -> Result<(), SlackError> {
-        let until = {
-            let gate = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-            gate.get(channel).copied()
-        };
-        if let Some(until) = until {
+    /// Waits while `channel` is paused; returns the single-file guard when the channel is
+    /// cooling down after a rate limit (calls then go one at a time).
+    async fn pass_gate(&self, channel: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
+        loop {
+            let (until, cooling, single_file) = {
+                let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+                let g = gates.entry(channel.to_owned()).or_default();
+                (
+                    g.paused_until,
+                    g.cooling(Instant::now()),
+                    g.single_file.clone(),
+                )
+            };
             let now = Instant::now();
-            if until > now {
-                let left = until - now;
-                if left > MAX_INLINE_WAIT {
-                    return Err(SlackError::RateLimited(left));
-                }
-                tokio::time::sleep(left).await;
+            if let Some(until) = until.filter(|u| *u > now) {
+                self.wait(until - now + jitter(), "paused").await;
+                continue;
+            }
+            if !cooling {
+                return None;
+            }
+            let guard = single_file.lock_owned().await;
+            // The call ahead may have met the limit again while this one queued.
+            let paused = {
+                let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+                gates
+                    .get(channel)
+                    .and_then(|g| g.paused_until)
+                    .is_some_and(|u| u > Instant::now())
+            };
+            if !paused {
+                return Some(guard);
             }
         }
-        Ok(())
     }
 
     fn pause(&self, channel: &str, wait: Duration) {
-        let mut gate = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-        let until = Instant::now() + wait;
-        let slot = gate.entry(channel.to_owned()).or_insert(until);
-        if *slot < until {
-            *slot = until;
+        let mut gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+        let g = gates.entry(channel.to_owned()).or_default();
+        let now = Instant::now();
+        if g.paused_until.is_none_or(|u| u < now + wait) {
+            g.paused_until = Some(now + wait);
         }
+        g.limited_at = Some(now);
     }
 
+    /// Calls `method`; a call to a channel waits out rate limits (see the module doc).
     async fn call(
         &self,
         method: &str,
         channel: Option<&str>,
         body: &Value,
     ) -> Result<Answer, SlackError> {
-        if let Some(c) = channel {
-            self.wait_for_gate(c).await?;
+        let Some(channel) = channel else {
+            return self.send(method, body).await;
+        };
+        loop {
+            let probe = self.pass_gate(channel).await;
+            match self.send(method, body).await {
+                Err(SlackError::RateLimited(wait)) => {
+                    self.metrics
+                        .slack_rate_limited
+                        .with_label_values(&[method])
+                        .inc();
+                    tracing::debug!(%channel, ?wait, "Slack rate limit: pausing the channel");
+                    self.pause(channel, wait);
+                    drop(probe);
+                }
+                other => return other,
+            }
         }
+    }
+
+    /// One HTTP call to the Web API, its answer classified.
+    async fn send(&self, method: &str, body: &Value) -> Result<Answer, SlackError> {
         let resp = self
             .http
             .post(format!("{}/{method}", self.base))
@@ -256,9 +355,6 @@ impl SlackClient {
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .map(Duration::from_secs)
                 .unwrap_or(Duration::from_secs(1));
-            if let Some(c) = channel {
-                self.pause(c, wait);
-            }
             return Err(SlackError::RateLimited(wait));
         }
         if !status.is_success() {

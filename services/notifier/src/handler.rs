@@ -76,6 +76,9 @@ impl Worker {
         if let Some(msg) = &rec.slack {
             return self.update(msg, &rec).await;
         }
+        // Queue for the channel first (pacing, a rate-limit pause): the claim then covers
+        // only the call, so it never ages past CLAIM_TIMEOUT while waiting its turn.
+        self.slack.wait_turn(&self.channel).await;
         // One claim per attempt, not per process: two events of one request handled at
         // once by the same replica must not both post.
         let me = format!(
@@ -168,16 +171,44 @@ impl Worker {
             .await;
     }
 
+    /// Shows `rec` in the message, then makes sure the message is not left on an older
+    /// state: Slack has no conditional update, so two updates of one message may finish in
+    /// either order. After its own update lands, a handler reads the record again and, if
+    /// it has moved on to something that renders differently, renders that too. Whichever
+    /// update lands last is followed by such a check, so the message ends on the latest
+    /// state.
     async fn update(&self, msg: &SlackMessageRef, rec: &RequestRecord) -> Outcome {
-        let (text, blocks) = blocks::render(rec);
-        match self
-            .slack
-            .update_message(&msg.channel, &msg.ts, &text, &blocks)
-            .await
-        {
-            Ok(()) => Outcome::Ack,
-            Err(e) => slack_outcome(e),
+        let mut shown = blocks::render(rec);
+        // Each round follows a newer state; a request has a handful of states.
+        for _ in 0..8 {
+            // Tests hold one update back (`return(<ms>)`) so two finish out of order.
+            let held: Option<u64> = (|| {
+                fail::fail_point!("notify.before_update", |ms| ms.and_then(|m| m.parse().ok()));
+                None
+            })();
+            if let Some(ms) = held {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            let (text, blocks) = &shown;
+            if let Err(e) = self
+                .slack
+                .update_message(&msg.channel, &msg.ts, text, blocks)
+                .await
+            {
+                return slack_outcome(e);
+            }
+            let latest = match self.store.get(&rec.request_id).await {
+                Ok(Some(v)) => blocks::render(&v.value),
+                // The message shows what this handler was asked to show; the next event
+                // of the request renders again.
+                _ => return Outcome::Ack,
+            };
+            if latest == shown {
+                return Outcome::Ack;
+            }
+            shown = latest;
         }
+        Outcome::Ack
     }
 }
 

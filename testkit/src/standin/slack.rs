@@ -2,6 +2,7 @@
 //! and a small web page of the channel where a person clicks Approve/Deny (the page sends
 //! properly signed interactions to the ingress, as Slack would).
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Form, State};
@@ -40,6 +41,39 @@ struct Inner {
     responses: Mutex<Vec<Value>>,
     target: Mutex<Option<SlackInteractor>>,
     faults: Faults,
+    /// Slack's per-channel limit on `chat.postMessage`, when set.
+    post_limit: Mutex<Option<PostLimit>>,
+}
+
+/// A token bucket per channel, as Slack limits posting: `per_second` tokens a second, up
+/// to `burst` saved; a post with no token left gets 429 with `Retry-After` (whole seconds
+/// until the next token, at least 1).
+#[derive(Debug, Clone)]
+struct PostLimit {
+    per_second: f64,
+    burst: f64,
+    buckets: HashMap<String, (f64, std::time::Instant)>,
+    refused: usize,
+}
+
+impl PostLimit {
+    /// `None` if the post may go, else the `Retry-After` seconds.
+    fn take(&mut self, channel: &str) -> Option<u64> {
+        let now = std::time::Instant::now();
+        let (tokens, at) = self
+            .buckets
+            .entry(channel.to_owned())
+            .or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.per_second).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            return None;
+        }
+        self.refused += 1;
+        Some(((1.0 - *tokens) / self.per_second).ceil().max(1.0) as u64)
+    }
 }
 
 /// The Slack stand-in.
@@ -70,6 +104,16 @@ async fn api(s: &Inner, method: &str, headers: &HeaderMap, body: Value) -> Respo
         _ => {}
     }
     let channel = body["channel"].as_str().unwrap_or_default().to_owned();
+    if method == "chat.postMessage"
+        && let Some(retry_after) = lock(&s.post_limit).as_mut().and_then(|l| l.take(&channel))
+    {
+        return (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", retry_after.to_string())],
+            axum::Json(json!({"ok": false, "error": "ratelimited"})),
+        )
+            .into_response();
+    }
     let answer = match method {
         "chat.postMessage" => {
             if !s.channels.contains(&channel) {
@@ -243,6 +287,24 @@ impl FakeSlack {
     /// The channel page for people.
     pub fn page_url(&self) -> String {
         format!("http://{}/", self.served.addr)
+    }
+
+    /// Limits `chat.postMessage` per channel as Slack does: `per_second` posts a second,
+    /// bursts of up to `burst` pass, then 429 with `Retry-After`.
+    pub fn limit_posts(&self, per_second: f64, burst: usize) {
+        *lock(&self.inner.post_limit) = Some(PostLimit {
+            per_second,
+            burst: burst as f64,
+            buckets: HashMap::new(),
+            refused: 0,
+        });
+    }
+
+    /// Posts the per-channel limit refused so far.
+    pub fn posts_refused(&self) -> usize {
+        lock(&self.inner.post_limit)
+            .as_ref()
+            .map_or(0, |l| l.refused)
     }
 
     /// A `response_url` to put in interactions.
