@@ -60,6 +60,7 @@ async fn losing_the_stream_leader_loses_and_repeats_nothing() {
             slack_bot: tars_slack::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
             slack_channel_id: Some(CHANNEL.into()),
             slack_max_posts_per_second: None,
+            slack_timeout: std::time::Duration::from_secs(10),
         },
         Metrics::new(),
         stop.clone(),

@@ -361,3 +361,52 @@ async fn two_updates_finishing_out_of_order_leave_the_newer_state() {
     );
     scenario.teardown();
 }
+
+async fn quick_slack() -> Stack {
+    Stack::start(Options {
+        workers: true,
+        slack_timeout: Duration::from_millis(500),
+        ..Options::default()
+    })
+    .await
+}
+
+/// Approves `id` and waits until its one message shows the grant (the message reference
+/// was stored, or the update could not have found it).
+async fn approve_and_see_it_granted(s: &Stack, id: &str, tenant: &str) {
+    let (status, _, _) = s
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": id}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_status(s, id, "applied").await;
+    message_about(s, tenant, "access granted").await;
+}
+
+#[tokio::test]
+async fn a_post_whose_answer_was_lost_is_not_posted_again() {
+    let scenario = FailScenario::setup();
+    let s = quick_slack().await;
+    // Slack posts the message but the answer outlasts the client's timeout.
+    s.slack.lose_next_post_answers(1, Duration::from_secs(2));
+    let id = s.submit("unanswered", "read_only").await;
+    message_about(&s, "unanswered", "\"approve\"").await;
+    approve_and_see_it_granted(&s, &id, "unanswered").await;
+    assert_eq!(s.slack.messages().len(), 1, "one message per request");
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_notifier_that_dies_after_posting_leaves_one_message() {
+    let scenario = FailScenario::setup();
+    let s = quick_slack().await;
+    fail::cfg("notify.after_post", "1*panic").unwrap();
+    let id = s.submit("orphaned", "read_only").await;
+    message_about(&s, "orphaned", "\"approve\"").await;
+    approve_and_see_it_granted(&s, &id, "orphaned").await;
+    assert_eq!(s.slack.messages().len(), 1, "one message per request");
+    scenario.teardown();
+}

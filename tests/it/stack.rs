@@ -34,6 +34,8 @@ pub struct Options {
     pub required_roles: &'static str,
     /// `SLACK_MAX_POSTS_PER_SECOND`.
     pub slack_pacing: Option<f64>,
+    /// `SLACK_TIMEOUT` (the posting lease is three times it).
+    pub slack_timeout: Duration,
 }
 
 impl Default for Options {
@@ -46,6 +48,7 @@ impl Default for Options {
             request_ttl: Duration::from_secs(7 * 86_400),
             required_roles: "",
             slack_pacing: None,
+            slack_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -61,6 +64,7 @@ pub struct Stack {
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     slack_pacing: Option<f64>,
+    slack_timeout: Duration,
 }
 
 /// Settings of every service in a test stack; a short `ack_wait` makes a killed worker's
@@ -130,6 +134,7 @@ impl Stack {
             shutdown,
             tasks: Vec::new(),
             slack_pacing: opts.slack_pacing,
+            slack_timeout: opts.slack_timeout,
         };
         if opts.workers {
             stack.start_notifier();
@@ -152,6 +157,7 @@ impl Stack {
             slack_bot: tars_slack::config::SlackBotArgs::new(BOT_TOKEN, &self.slack.url()),
             slack_channel_id: Some(CHANNEL.into()),
             slack_max_posts_per_second: self.slack_pacing,
+            slack_timeout: self.slack_timeout,
         };
         let s = self.shutdown.clone();
         self.tasks.push(tokio::spawn(async move {

@@ -104,15 +104,26 @@ pub struct SlackMessageRef {
     pub ts: String,
 }
 
-/// A notifier replica's claim to post the first Slack message; another replica that sees
-/// a fresh claim backs off instead of posting a duplicate.
+/// A notifier's lease on posting a request's first Slack message. Another attempt that
+/// sees a live lease backs off; one that finds the lease expired, or marked unsure, first
+/// looks for the message in the channel (by its metadata) and posts only if it is not
+/// there, so a post whose answer was lost is never posted twice.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlackClaim {
-    /// Who claimed (a random id per notifier process).
+    /// The posting attempt holding the lease (the fencing token: only it may release or
+    /// mark the lease).
     pub by: String,
-    /// When, so a claim by a crashed replica can be taken over.
+    /// When the lease was taken; it expires after the notifier's claim lease.
     #[serde(with = "time::serde::rfc3339")]
     pub at: OffsetDateTime,
+    /// When the first lease of this request was taken: a lookup searches the channel from
+    /// here on.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub since: Option<OffsetDateTime>,
+    /// The holder's post failed in a way that may still have posted (a timeout, a lost
+    /// answer): the next attempt must look before it posts.
+    #[serde(default)]
+    pub unsure: bool,
 }
 
 /// The current state of one request: the value under `<request_id>` in `TARS_REQUESTS`.

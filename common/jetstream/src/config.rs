@@ -96,6 +96,7 @@ impl WorkerArgs {
             max_deliver: 10,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            shutdown_grace: Duration::from_secs(15),
         }
     }
 }
@@ -118,6 +119,11 @@ pub struct WorkerArgs {
     /// The longest delay between retries.
     #[arg(long, env = "WORKER_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
     pub retry_max: Duration,
+    /// How long a stopping worker lets running handlers finish before it gives their
+    /// messages back: longer than the slowest external call (Slack and governance calls
+    /// time out after 10 s), so a post in flight ends before the process does.
+    #[arg(long, env = "WORKER_SHUTDOWN_GRACE", default_value = "15s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 impl WorkerArgs {
@@ -130,6 +136,7 @@ impl WorkerArgs {
                 base: self.retry_base,
                 cap: self.retry_max.max(self.retry_base),
             },
+            shutdown_grace: self.shutdown_grace,
             ..WorkerConfig::default()
         }
     }

@@ -21,6 +21,12 @@ use serde_json::{Value, json};
 
 use tars_observability::metrics::Metrics;
 
+/// The Slack metadata `event_type` of TARS's request messages.
+pub const METADATA_EVENT: &str = "tars_access_request";
+
+/// How many pages of channel history a lookup reads at most (200 messages each).
+const HISTORY_PAGES: usize = 3;
+
 /// The most jitter added to a wait, so calls released by one pause do not arrive at once.
 const MAX_JITTER: Duration = Duration::from_millis(200);
 
@@ -103,6 +109,17 @@ struct Answer {
     channel: Option<String>,
     #[serde(default)]
     ts: Option<String>,
+    /// `conversations.history`: the page of messages.
+    #[serde(default)]
+    messages: Vec<Value>,
+    #[serde(default)]
+    response_metadata: Option<ResponseMetadata>,
+}
+
+#[derive(Deserialize)]
+struct ResponseMetadata {
+    #[serde(default)]
+    next_cursor: Option<String>,
 }
 
 fn is_permanent(code: &str) -> bool {
@@ -197,16 +214,25 @@ impl SlackClient {
             .inc_by(d.as_secs_f64());
     }
 
-    /// Posts a new message; returns where it lives.
+    /// Posts the message of request `request_id`; returns where it lives.
+    ///
+    /// The message carries Slack `metadata` naming the request, so that after an ambiguous
+    /// failure [`SlackClient::find_posted`] can tell whether it landed. A rate limit is
+    /// returned, not waited out here ([`SlackError::RateLimited`]: nothing was posted), so
+    /// the caller can give up its claim while it waits its turn again; every other call
+    /// through the gate waits.
     pub async fn post_message(
         &self,
         channel: &str,
         text: &str,
         blocks: &Value,
+        request_id: &str,
     ) -> Result<Posted, SlackError> {
-        let body =
-            json!({"channel": channel, "text": text, "blocks": blocks, "unfurl_links": false});
-        let a = self.call("chat.postMessage", Some(channel), &body).await?;
+        let body = json!({
+            "channel": channel, "text": text, "blocks": blocks, "unfurl_links": false,
+            "metadata": {"event_type": METADATA_EVENT, "event_payload": {"request_id": request_id}},
+        });
+        let a = self.call_once("chat.postMessage", channel, &body).await?;
         match (a.channel, a.ts) {
             (Some(channel), Some(ts)) => Ok(Posted { channel, ts }),
             _ => Err(SlackError::Transient(
@@ -308,6 +334,84 @@ impl SlackClient {
         g.limited_at = Some(now);
     }
 
+    /// Looks in `channel`'s history since `oldest` (Unix seconds) for the message of
+    /// `request_id`, by its metadata: the answer to "did the post whose reply was lost
+    /// land?". Reads at most a few pages, newest first.
+    pub async fn find_posted(
+        &self,
+        channel: &str,
+        request_id: &str,
+        oldest: i64,
+    ) -> Result<Option<Posted>, SlackError> {
+        let mut cursor: Option<String> = None;
+        for _ in 0..HISTORY_PAGES {
+            let _single_file = self.pass_gate(channel).await;
+            let mut query = vec![
+                ("channel", channel.to_owned()),
+                ("oldest", oldest.to_string()),
+                ("include_all_metadata", "true".to_owned()),
+                ("limit", "200".to_owned()),
+            ];
+            if let Some(c) = &cursor {
+                query.push(("cursor", c.clone()));
+            }
+            let req = self
+                .http
+                .get(format!("{}/conversations.history", self.base))
+                .query(&query);
+            let page = match self.answer("conversations.history", req).await {
+                Err(SlackError::RateLimited(wait)) => {
+                    self.limited("conversations.history", channel, wait);
+                    continue;
+                }
+                other => other?,
+            };
+            let found = page.messages.iter().find(|m| {
+                m["metadata"]["event_type"] == METADATA_EVENT
+                    && m["metadata"]["event_payload"]["request_id"] == request_id
+            });
+            if let Some(m) = found {
+                return Ok(m["ts"].as_str().map(|ts| Posted {
+                    channel: channel.to_owned(),
+                    ts: ts.to_owned(),
+                }));
+            }
+            cursor = page
+                .response_metadata
+                .and_then(|r| r.next_cursor)
+                .filter(|c| !c.is_empty());
+            if cursor.is_none() {
+                break;
+            }
+        }
+        Ok(None)
+    }
+
+    fn limited(&self, method: &str, channel: &str, wait: Duration) {
+        self.metrics
+            .slack_rate_limited
+            .with_label_values(&[method])
+            .inc();
+        tracing::debug!(%channel, ?wait, "Slack rate limit: pausing the channel");
+        self.pause(channel, wait);
+    }
+
+    /// One call to `channel` through the gate; a rate limit pauses the channel and is
+    /// returned.
+    async fn call_once(
+        &self,
+        method: &str,
+        channel: &str,
+        body: &Value,
+    ) -> Result<Answer, SlackError> {
+        let _single_file = self.pass_gate(channel).await;
+        let answer = self.send(method, body).await;
+        if let Err(SlackError::RateLimited(wait)) = &answer {
+            self.limited(method, channel, *wait);
+        }
+        answer
+    }
+
     /// Calls `method`; a call to a channel waits out rate limits (see the module doc).
     async fn call(
         &self,
@@ -319,29 +423,27 @@ impl SlackClient {
             return self.send(method, body).await;
         };
         loop {
-            let probe = self.pass_gate(channel).await;
-            match self.send(method, body).await {
-                Err(SlackError::RateLimited(wait)) => {
-                    self.metrics
-                        .slack_rate_limited
-                        .with_label_values(&[method])
-                        .inc();
-                    tracing::debug!(%channel, ?wait, "Slack rate limit: pausing the channel");
-                    self.pause(channel, wait);
-                    drop(probe);
-                }
+            match self.call_once(method, channel, body).await {
+                Err(SlackError::RateLimited(_)) => continue,
                 other => return other,
             }
         }
     }
 
-    /// One HTTP call to the Web API, its answer classified.
+    /// One HTTP call to the Web API with a JSON body, its answer classified.
     async fn send(&self, method: &str, body: &Value) -> Result<Answer, SlackError> {
-        let resp = self
-            .http
-            .post(format!("{}/{method}", self.base))
+        let req = self.http.post(format!("{}/{method}", self.base)).json(body);
+        self.answer(method, req).await
+    }
+
+    /// Sends `req` with the bot token and classifies Slack's answer.
+    async fn answer(
+        &self,
+        method: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Answer, SlackError> {
+        let resp = req
             .bearer_auth(&*self.token)
-            .json(body)
             .send()
             .await
             .map_err(|e| self.transport_error(e))?;

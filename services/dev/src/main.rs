@@ -76,6 +76,7 @@ async fn main() -> anyhow::Result<()> {
         slack_bot: SlackBotArgs::new(BOT_TOKEN, &slack.url()),
         slack_channel_id: Some(CHANNEL.into()),
         slack_max_posts_per_second: None,
+        slack_timeout: std::time::Duration::from_secs(10),
     };
     let decision = tars_decision::Args {
         common: CommonArgs::for_url(&url),

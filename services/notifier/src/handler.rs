@@ -13,10 +13,6 @@ use tars_jetstream::store::{Change, RequestStore, StoreError};
 use tars_jetstream::worker::{Delivery, Handler, Outcome};
 use tars_slack::{SlackClient, SlackError, blocks};
 
-/// A claim older than this is taken over (its holder probably crashed mid-post); longer
-/// than a post can take (the Slack client's timeout plus an in-place rate-limit wait).
-const CLAIM_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// Numbers this process's posting attempts, so each claim names one attempt.
 static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
@@ -27,6 +23,9 @@ pub struct Worker {
     channel: String,
     /// This process's identity; each posting attempt claims as `<me>.<n>`.
     me: String,
+    /// How long a posting lease lasts: longer than one post can take (the Slack client's
+    /// timeout), so a live holder is never taken over; renewed before each retried post.
+    lease: Duration,
 }
 
 fn slack_outcome(e: SlackError) -> Outcome {
@@ -51,19 +50,22 @@ fn store_outcome(e: StoreError) -> Outcome {
 }
 
 enum Claim {
-    Ours,
+    /// Ours; `Some(since)` when an earlier lease may have posted since then.
+    Ours(Option<time::OffsetDateTime>),
     Posted,
     Busy(Duration),
 }
 
 impl Worker {
-    /// Builds the handler from a connected process, the Slack client and the channel.
-    pub fn new(conn: &Connected, slack: SlackClient, channel: String) -> Self {
+    /// Builds the handler from a connected process, the Slack client, the channel and
+    /// the posting lease (three times the Slack client's timeout).
+    pub fn new(conn: &Connected, slack: SlackClient, channel: String, lease: Duration) -> Self {
         Self {
             store: RequestStore::new(conn.topology.requests.clone()),
             slack,
             channel,
             me: replica_id(),
+            lease,
         }
     }
 
@@ -77,41 +79,46 @@ impl Worker {
             return self.update(msg, &rec).await;
         }
         // Queue for the channel first (pacing, a rate-limit pause): the claim then covers
-        // only the call, so it never ages past CLAIM_TIMEOUT while waiting its turn.
+        // only the call, so it never ages past its lease while waiting its turn.
         self.slack.wait_turn(&self.channel).await;
-        // One claim per attempt, not per process: two events of one request handled at
+        // One lease per attempt, not per process: two events of one request handled at
         // once by the same replica must not both post.
         let me = format!(
             "{}.{}",
             self.me,
             ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
+        let lease = self.lease;
         let claimed = self
             .store
             .modify(id, |r| {
                 if r.slack.is_some() {
                     return Change::Keep(Claim::Posted);
                 }
+                let at = now();
+                let mut look_since = None;
                 if let Some(c) = &r.slack_claim {
-                    let age = (now() - c.at).unsigned_abs();
-                    if age < CLAIM_TIMEOUT {
-                        // Usually the holder finishes in moments; if it crashed, the
-                        // growing waits reach the claim's end within a few deliveries.
-                        let wait = Duration::from_secs(2 * delivered.max(1));
-                        return Change::Keep(Claim::Busy(
-                            CLAIM_TIMEOUT.saturating_sub(age).min(wait),
-                        ));
+                    let age = (at - c.at).unsigned_abs();
+                    if age < lease && !c.unsure {
+                        // Usually the holder finishes in moments; if it died, the growing
+                        // waits reach the lease's end within a few deliveries.
+                        let wait = Duration::from_secs(delivered.max(1)).min(lease);
+                        return Change::Keep(Claim::Busy(lease.saturating_sub(age).min(wait)));
                     }
+                    // Expired or unsure: the earlier holder may have posted.
+                    look_since = Some(c.since.unwrap_or(c.at));
                 }
                 r.slack_claim = Some(SlackClaim {
                     by: me.clone(),
-                    at: now(),
+                    at,
+                    since: look_since.or(Some(at)),
+                    unsure: false,
                 });
-                Change::Write(Claim::Ours)
+                Change::Write(Claim::Ours(look_since))
             })
             .await;
-        let rec = match claimed {
-            Ok((Claim::Ours, v)) => v.value,
+        let (rec, look_since) = match claimed {
+            Ok((Claim::Ours(since), v)) => (v.value, since),
             Ok((Claim::Posted, v)) => {
                 return match &v.value.slack {
                     Some(msg) => self.update(msg, &v.value).await,
@@ -126,14 +133,72 @@ impl Worker {
             }
             Err(e) => return store_outcome(e),
         };
+        if let Some(since) = look_since {
+            // A minute of slack for clocks that disagree.
+            let oldest = since.unix_timestamp() - 60;
+            match self
+                .slack
+                .find_posted(&self.channel, id.as_str(), oldest)
+                .await
+            {
+                Ok(Some(found)) => {
+                    tracing::info!(ts = %found.ts, "the earlier post had landed: keeping it");
+                    return self.keep(id, &rec, &me, found).await;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.mark_unsure(id, &me).await;
+                    return slack_outcome(e);
+                }
+            }
+        }
         let (text, blocks) = blocks::render(&rec);
-        let posted = match self.slack.post_message(&self.channel, &text, &blocks).await {
-            Ok(p) => p,
-            Err(e) => {
-                self.release(id, &me).await;
-                return slack_outcome(e);
+        let posted = loop {
+            fail::fail_point!("notify.before_post");
+            let posted = self
+                .slack
+                .post_message(&self.channel, &text, &blocks, id.as_str())
+                .await;
+            fail::fail_point!("notify.after_post");
+            match posted {
+                // Not posted: wait for the channel in place (a rate limit never uses up a
+                // delivery attempt), then renew the lease and try again. A lease lost
+                // meanwhile belongs to an attempt that looks before it posts.
+                Err(SlackError::RateLimited(_)) => {
+                    self.slack.wait_turn(&self.channel).await;
+                    if !self.renew(id, &me).await {
+                        return Outcome::Ack;
+                    }
+                }
+                other => break other,
             }
         };
+        match posted {
+            Ok(p) => self.keep(id, &rec, &me, p).await,
+            Err(SlackError::RateLimited(_)) => {
+                Outcome::retry("unreachable: rate limits are waited out")
+            }
+            Err(e @ SlackError::Permanent(_)) => {
+                self.release(id, &me).await;
+                slack_outcome(e)
+            }
+            // A timeout or a lost answer may have posted: the next attempt looks first.
+            Err(e) => {
+                self.mark_unsure(id, &me).await;
+                slack_outcome(e)
+            }
+        }
+    }
+
+    /// Stores where the message lives and drops the lease; then shows the current state
+    /// if the request moved on while it was posted.
+    async fn keep(
+        &self,
+        id: &RequestId,
+        rendered: &RequestRecord,
+        me: &str,
+        posted: tars_slack::Posted,
+    ) -> Outcome {
         let msg = SlackMessageRef {
             channel: posted.channel,
             ts: posted.ts,
@@ -141,14 +206,18 @@ impl Worker {
         let stored = self
             .store
             .modify(id, |r| {
+                if r.slack.is_some() {
+                    return Change::Keep(());
+                }
                 r.slack = Some(msg.clone());
-                r.slack_claim = None;
+                if r.slack_claim.as_ref().is_some_and(|c| c.by == me) {
+                    r.slack_claim = None;
+                }
                 Change::Write(())
             })
             .await;
         match stored {
-            // The request may have moved on while we posted: show where it is now.
-            Ok((_, now_rec)) if now_rec.value.status != rec.status => {
+            Ok((_, now_rec)) if blocks::render(&now_rec.value) != blocks::render(rendered) => {
                 self.update(&msg, &now_rec.value).await
             }
             Ok(_) => Outcome::Ack,
@@ -156,8 +225,41 @@ impl Worker {
         }
     }
 
-    /// Gives up a claim after a failed post, so the retry (by any replica) need not wait
-    /// for it to time out. Best effort: a claim left behind only delays the retry.
+    /// Marks this attempt's lease unsure after a post that may have landed, so the next
+    /// attempt looks for the message before posting (and need not wait for the lease to
+    /// expire). Best effort: a lease left unmarked is looked behind once it expires.
+    async fn mark_unsure(&self, id: &RequestId, me: &str) {
+        let _ = self
+            .store
+            .modify(id, |r| match &mut r.slack_claim {
+                Some(c) if c.by == me => {
+                    c.unsure = true;
+                    Change::Write(())
+                }
+                _ => Change::Keep(()),
+            })
+            .await;
+    }
+
+    /// Renews this attempt's lease before it posts again; `false` if the lease is no
+    /// longer ours (another attempt took it over, or the message is stored).
+    async fn renew(&self, id: &RequestId, me: &str) -> bool {
+        let renewed = self
+            .store
+            .modify(id, |r| match &mut r.slack_claim {
+                Some(c) if c.by == me && r.slack.is_none() => {
+                    c.at = now();
+                    Change::Write(true)
+                }
+                _ => Change::Keep(false),
+            })
+            .await;
+        matches!(renewed, Ok((true, _)))
+    }
+
+    /// Gives up a lease after a post that certainly did not land, so the retry (by any
+    /// replica) need not wait for it to expire. Best effort: a lease left behind only
+    /// delays the retry.
     async fn release(&self, id: &RequestId, claim: &str) {
         let _ = self
             .store
@@ -171,12 +273,6 @@ impl Worker {
             .await;
     }
 
-    /// Shows `rec` in the message, then makes sure the message is not left on an older
-    /// state: Slack has no conditional update, so two updates of one message may finish in
-    /// either order. After its own update lands, a handler reads the record again and, if
-    /// it has moved on to something that renders differently, renders that too. Whichever
-    /// update lands last is followed by such a check, so the message ends on the latest
-    /// state.
     async fn update(&self, msg: &SlackMessageRef, rec: &RequestRecord) -> Outcome {
         let mut shown = blocks::render(rec);
         // Each round follows a newer state; a request has a handful of states.

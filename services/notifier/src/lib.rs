@@ -8,6 +8,7 @@ mod handler;
 use std::time::Duration;
 
 use clap::Parser;
+use tars_domain::duration::parse_duration;
 use tars_jetstream::config::{CommonArgs, WorkerArgs};
 use tars_jetstream::topology::NOTIFIER;
 use tars_observability::config::{ConfigError, report};
@@ -42,6 +43,9 @@ pub struct Args {
     /// bursts); unset: post at once and let the shared 429 gate slow down.
     #[arg(long, env = "SLACK_MAX_POSTS_PER_SECOND")]
     pub slack_max_posts_per_second: Option<f64>,
+    /// How long one Slack call may take; a posting lease lasts three times this.
+    #[arg(long, env = "SLACK_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub slack_timeout: Duration,
 }
 
 /// Runs the notifier until `shutdown` fires.
@@ -62,7 +66,7 @@ pub async fn run(args: Args, metrics: Metrics, shutdown: CancellationToken) -> a
     }
     report(problems).map_err(anyhow::Error::msg)?;
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
+        .timeout(args.slack_timeout)
         .connect_timeout(Duration::from_secs(3))
         .build()?;
     let slack = SlackClient::new(
@@ -73,7 +77,12 @@ pub async fn run(args: Args, metrics: Metrics, shutdown: CancellationToken) -> a
     )
     .with_pacing(args.slack_max_posts_per_second);
     let conn = tars_jetstream::service::connect(&args.common, "tars-notifier", metrics).await?;
-    let worker = Worker::new(&conn, slack, args.slack_channel_id.unwrap_or_default());
+    let worker = Worker::new(
+        &conn,
+        slack,
+        args.slack_channel_id.unwrap_or_default(),
+        args.slack_timeout * 3,
+    );
     tars_jetstream::service::run_worker(NOTIFIER, conn, worker, &args.worker, shutdown).await?;
     Ok(())
 }

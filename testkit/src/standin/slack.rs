@@ -29,6 +29,8 @@ pub struct SlackMessage {
     pub updates: usize,
     /// When it was posted (for latency measurements).
     pub posted_at: std::time::Instant,
+    /// The Slack `metadata` it was posted with.
+    pub metadata: Value,
 }
 
 #[derive(Default)]
@@ -43,6 +45,9 @@ struct Inner {
     faults: Faults,
     /// Slack's per-channel limit on `chat.postMessage`, when set.
     post_limit: Mutex<Option<PostLimit>>,
+    /// The next this many posts land, but their answer is held this long (the client
+    /// times out not knowing the post went through).
+    lost_answers: Mutex<(usize, std::time::Duration)>,
 }
 
 /// A token bucket per channel, as Slack limits posting: `per_second` tokens a second, up
@@ -120,7 +125,11 @@ async fn api(s: &Inner, method: &str, headers: &HeaderMap, body: Value) -> Respo
                 json!({"ok": false, "error": "channel_not_found"})
             } else {
                 let mut msgs = lock(&s.messages);
-                let ts = format!("1700000000.{:06}", msgs.len() + 1);
+                let secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                let ts = format!("{secs}.{:06}", msgs.len() + 1);
                 msgs.push(SlackMessage {
                     channel: channel.clone(),
                     ts: ts.clone(),
@@ -128,6 +137,7 @@ async fn api(s: &Inner, method: &str, headers: &HeaderMap, body: Value) -> Respo
                     blocks: body["blocks"].clone(),
                     updates: 0,
                     posted_at: std::time::Instant::now(),
+                    metadata: body["metadata"].clone(),
                 });
                 json!({"ok": true, "channel": channel, "ts": ts, "message": {"text": body["text"], "blocks": body["blocks"]}})
             }
@@ -145,6 +155,49 @@ async fn api(s: &Inner, method: &str, headers: &HeaderMap, body: Value) -> Respo
                 None => json!({"ok": false, "error": "message_not_found"}),
             }
         }
+        "conversations.history" => {
+            // Newest first, from `oldest` on, a page of `limit` from the `cursor` (an
+            // offset); metadata only with `include_all_metadata`.
+            let oldest: f64 = body["oldest"]
+                .as_str()
+                .and_then(|o| o.parse().ok())
+                .unwrap_or(0.0);
+            let limit: usize = body["limit"]
+                .as_str()
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(100);
+            let from: usize = body["cursor"]
+                .as_str()
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let with_meta = body["include_all_metadata"] == "true";
+            let msgs = lock(&s.messages);
+            let matching: Vec<&SlackMessage> = msgs
+                .iter()
+                .rev()
+                .filter(|m| m.channel == channel)
+                .filter(|m| m.ts.parse::<f64>().unwrap_or(0.0) >= oldest)
+                .collect();
+            let page: Vec<Value> = matching
+                .iter()
+                .skip(from)
+                .take(limit)
+                .map(|m| {
+                    let mut v = json!({"type": "message", "ts": m.ts, "text": m.text});
+                    if with_meta && !m.metadata.is_null() {
+                        v["metadata"] = m.metadata.clone();
+                    }
+                    v
+                })
+                .collect();
+            let next = if from + limit < matching.len() {
+                (from + limit).to_string()
+            } else {
+                String::new()
+            };
+            json!({"ok": true, "messages": page, "has_more": !next.is_empty(),
+                   "response_metadata": {"next_cursor": next}})
+        }
         "views.open" => {
             let mut views = lock(&s.views);
             views.push(body["view"].clone());
@@ -154,6 +207,18 @@ async fn api(s: &Inner, method: &str, headers: &HeaderMap, body: Value) -> Respo
         }
         _ => json!({"ok": false, "error": "unknown_method"}),
     };
+    if method == "chat.postMessage" && answer["ok"] == true {
+        let hold = {
+            let mut lost = lock(&s.lost_answers);
+            (lost.0 > 0).then(|| {
+                lost.0 -= 1;
+                lost.1
+            })
+        };
+        if let Some(hold) = hold {
+            tokio::time::sleep(hold).await;
+        }
+    }
     axum::Json(answer).into_response()
 }
 
@@ -258,6 +323,16 @@ impl FakeSlack {
             )
         };
         let router = axum::Router::new()
+            .route(
+                "/api/conversations.history",
+                get(
+                    |State(s): State<Arc<Inner>>,
+                     headers: HeaderMap,
+                     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| async move {
+                        api(&s, "conversations.history", &headers, json!(q)).await
+                    },
+                ),
+            )
             .route("/api/chat.postMessage", method("chat.postMessage"))
             .route("/api/chat.update", method("chat.update"))
             .route("/api/views.open", method("views.open"))
@@ -287,6 +362,12 @@ impl FakeSlack {
     /// The channel page for people.
     pub fn page_url(&self) -> String {
         format!("http://{}/", self.served.addr)
+    }
+
+    /// The next `n` posts land, but their answers are held for `hold`: a client with a
+    /// shorter timeout gives up not knowing the message was posted.
+    pub fn lose_next_post_answers(&self, n: usize, hold: std::time::Duration) {
+        *lock(&self.inner.lost_answers) = (n, hold);
     }
 
     /// Limits `chat.postMessage` per channel as Slack does: `per_second` posts a second,

@@ -247,6 +247,7 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
                 slack_bot: tars_slack::config::SlackBotArgs::new("xoxb-bench", &slack.url()),
                 slack_channel_id: Some("C1".into()),
                 slack_max_posts_per_second: None,
+                slack_timeout: std::time::Duration::from_secs(10),
             },
             Metrics::new(),
             stop.clone(),
