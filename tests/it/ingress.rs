@@ -773,3 +773,57 @@ async fn listings_page_with_a_cursor() {
     let (status, _) = s.get("/requests?status=bogus", Some(ADMIN_TOKEN)).await;
     assert_eq!(status, 422);
 }
+
+#[tokio::test]
+async fn finding_4_request_ids_from_callers_are_short_tokens_or_replaced() {
+    let s = Stack::start(Options::default()).await;
+    let echoed = |id: String| {
+        let req = s
+            .http
+            .get(format!("{}/health", s.base))
+            .header("x-request-id", id);
+        async move {
+            let r = req.send().await.unwrap();
+            r.headers()["x-request-id"].to_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(echoed("trace-42.a_b:c".into()).await, "trace-42.a_b:c");
+    for hostile in [
+        "x".repeat(65),
+        "a b".into(),
+        "level=error msg=\"forged\"".into(),
+        "id;drop".into(),
+    ] {
+        let got = echoed(hostile.clone()).await;
+        assert_ne!(got, hostile);
+        assert!(
+            uuid::Uuid::parse_str(&got).is_ok(),
+            "{hostile:?} replaced by {got:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn finding_5_odd_uuid_spellings_get_the_uniform_404() {
+    let s = Stack::start(Options::default()).await;
+    let id = s.submit("spelled", "read_only").await;
+    let (status, plain) = s.get(&format!("/requests/{id}"), Some(USER_TOKEN)).await;
+    assert_eq!(status, 200, "{plain}");
+    let (_, unknown) = s
+        .get(
+            "/requests/0190b3a4-0000-7000-8000-000000000000",
+            Some(USER_TOKEN),
+        )
+        .await;
+    for odd in [
+        format!("urn:uuid:{id}"),
+        format!("%7B{id}%7D"),
+        id.replace('-', ""),
+        id.to_ascii_uppercase(),
+    ] {
+        let (status, body) = s.get(&format!("/requests/{odd}"), Some(USER_TOKEN)).await;
+        assert_eq!(status, 404, "{odd}: {body}");
+        assert_eq!(body["error_type"], unknown["error_type"], "{odd}");
+        assert_eq!(body["error"], unknown["error"], "{odd}");
+    }
+}

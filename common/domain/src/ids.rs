@@ -149,12 +149,17 @@ impl RequestId {
         Some(t + time::Duration::nanoseconds(i64::from(nanos)))
     }
 
-    /// Parses an id from a URL or a Slack button value.
+    /// Parses an id from a URL or a Slack button value: only the canonical spelling
+    /// TARS hands out (lowercase, hyphenated), so one request has one id and one KV key;
+    /// `urn:uuid:…`, `{…}`, unhyphenated or uppercase spellings are refused.
     pub fn parse(raw: &str) -> Result<Self, ParseError> {
-        let s = raw.trim();
-        uuid::Uuid::parse_str(s)
-            .map_err(|_| ParseError::new("request_id", "is not a request id"))?;
-        Ok(Self(s.to_ascii_lowercase()))
+        let refuse = || ParseError::new("request_id", "is not a request id");
+        let id = uuid::Uuid::try_parse(raw).map_err(|_| refuse())?;
+        let canonical = id.hyphenated().to_string();
+        if canonical != raw {
+            return Err(refuse());
+        }
+        Ok(Self(canonical))
     }
 }
 
@@ -295,6 +300,22 @@ mod tests {
             "{made}"
         );
         assert!(RequestId::parse("../etc").is_err());
+    }
+
+    #[test]
+    fn finding_5_only_the_canonical_uuid_spelling_is_a_request_id() {
+        let id = RequestId::new();
+        let s = id.as_str();
+        assert_eq!(RequestId::parse(s).unwrap(), id);
+        for odd in [
+            format!("urn:uuid:{s}"),
+            format!("{{{s}}}"),
+            s.replace('-', ""),
+            s.to_ascii_uppercase(),
+            format!(" {s} "),
+        ] {
+            assert!(RequestId::parse(&odd).is_err(), "{odd:?} accepted");
+        }
     }
 
     proptest! {

@@ -59,7 +59,8 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| SignatureError::BadTimestamp)?;
-    if (now - when).abs() > MAX_SKEW_SECS {
+    // `abs_diff` cannot overflow, whatever timestamp a caller sends.
+    if now.abs_diff(when) > MAX_SKEW_SECS.unsigned_abs() {
         return Err(SignatureError::Stale);
     }
     let expected = sign(secret, ts, body);
@@ -138,6 +139,40 @@ mod tests {
             if let Ok(bad) = String::from_utf8(bad_sig) {
                 prop_assert!(verify(&secret, Some(&ts), Some(&bad), &body, NOW).is_err());
             }
+        }
+    }
+
+    #[test]
+    fn finding_3_hostile_timestamps_are_stale_not_a_panic() {
+        let now = 1_800_000_000;
+        for ts in [i64::MIN, i64::MAX, i64::MIN + 1, -1, 0] {
+            let ts = ts.to_string();
+            let sig = sign("s", &ts, b"x");
+            assert_eq!(
+                verify("s", Some(&ts), Some(&sig), b"x", now),
+                Err(SignatureError::Stale),
+                "{ts}"
+            );
+        }
+        // And the clock itself at the ends of its range.
+        let sig = sign("s", "0", b"x");
+        assert_eq!(
+            verify("s", Some("0"), Some(&sig), b"x", i64::MAX),
+            Err(SignatureError::Stale)
+        );
+    }
+
+    #[test]
+    fn the_window_is_five_minutes_on_both_sides() {
+        let now = 1_800_000_000;
+        for (offset, ok) in [(-300, true), (300, true), (-301, false), (301, false)] {
+            let ts = (now + offset).to_string();
+            let sig = sign("s", &ts, b"x");
+            assert_eq!(
+                verify("s", Some(&ts), Some(&sig), b"x", now).is_ok(),
+                ok,
+                "{offset}"
+            );
         }
     }
 }

@@ -356,6 +356,31 @@ fn http_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
     )
 }
 
+/// Keeps a caller's `x-request-id` only when it is a short token (1–64 of
+/// `[A-Za-z0-9._:-]`); anything else is dropped and a fresh id is made, so a header can
+/// never forge or flood a log line.
+async fn sanitize_request_id(
+    mut req: axum::http::Request<axum::body::Body>,
+    next: middleware::Next,
+) -> Response {
+    let acceptable = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(valid_request_id);
+    if !acceptable {
+        req.headers_mut().remove("x-request-id");
+    }
+    next.run(req).await
+}
+
+fn valid_request_id(id: &str) -> bool {
+    (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
 /// Continues the caller's W3C trace (`traceparent`) or starts one, names it in the HTTP
 /// span, and makes it current so every event the request publishes carries it.
 async fn traced(req: axum::http::Request<axum::body::Body>, next: middleware::Next) -> Response {
@@ -420,6 +445,7 @@ fn router(state: AppState, timeout: Duration) -> Router {
         .layer(middleware::from_fn(traced))
         .layer(TraceLayer::new_for_http().make_span_with(http_span))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(middleware::from_fn(sanitize_request_id))
 }
 
 async fn metrics_text(State(p): State<tars_observability::health::Probe>) -> impl IntoResponse {
