@@ -827,3 +827,53 @@ async fn finding_5_odd_uuid_spellings_get_the_uniform_404() {
         assert_eq!(body["error"], unknown["error"], "{odd}");
     }
 }
+
+#[tokio::test]
+async fn finding_2_a_flood_of_junk_tokens_neither_costs_repeat_calls_nor_evicts_users() {
+    use tars_kbase::{AuthConfig, AuthError, KBaseAuth};
+    let kbase = tars_testkit::standin::kbase::FakeKbase::start().await;
+    kbase.add_user("good-token", "alice", &[]);
+    let auth = KBaseAuth::new(
+        reqwest::Client::new(),
+        AuthConfig {
+            url: kbase.url(),
+            admin_roles: vec![],
+            required_roles: vec![],
+            ttl: std::time::Duration::from_secs(300),
+            max_entries: 50,
+        },
+        tars_observability::metrics::Metrics::new(),
+    );
+    assert_eq!(
+        auth.authenticate("good-token")
+            .await
+            .unwrap()
+            .username
+            .as_str(),
+        "alice"
+    );
+    assert_eq!(kbase.calls(), 1);
+    // Ten times the cache's size in distinct junk: each costs its one refusal...
+    for i in 0..500 {
+        assert_eq!(
+            auth.authenticate(&format!("junk-{i}")).await,
+            Err(AuthError::InvalidToken)
+        );
+    }
+    assert_eq!(kbase.calls(), 501);
+    // ...a junk token repeated costs nothing more...
+    for _ in 0..20 {
+        assert_eq!(
+            auth.authenticate("junk-7").await,
+            Err(AuthError::InvalidToken)
+        );
+    }
+    assert_eq!(kbase.calls(), 501);
+    // ...and the working user was never pushed out.
+    assert!(auth.authenticate("good-token").await.is_ok());
+    assert_eq!(
+        kbase.calls(),
+        501,
+        "the valid user's answer is still cached"
+    );
+}

@@ -5,13 +5,11 @@
 //! token itself is never stored, logged or published) for `ttl`, and concurrent first
 //! lookups of one token share a single call.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::sync::OnceCell;
 
 use tars_domain::Username;
 use tars_observability::metrics::Metrics;
@@ -58,17 +56,24 @@ pub struct AuthConfig {
 
 type Lookup = Result<AuthUser, AuthError>;
 
-struct Entry {
-    created: Instant,
-    cell: OnceCell<Lookup>,
-}
+/// How long a token KBase refused stays refused without asking again.
+const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// Most refused tokens remembered; junk beyond this evicts older junk, never valid users.
+const NEGATIVE_ENTRIES: u64 = 10_000;
 
-/// The KBase auth client with its cache; cheap to clone.
+/// The KBase auth client with its caches; cheap to clone.
+///
+/// Valid tokens live in a bounded cache with TinyLFU admission and LRU eviction (`moka`),
+/// so a flood of junk tokens cannot push out the users who are actually working; refused
+/// tokens live in a separate small, short-lived cache, so repeating a junk token costs no
+/// KBase call. Concurrent first lookups of one token share one call. Outages are never
+/// cached.
 #[derive(Clone)]
 pub struct KBaseAuth {
     http: reqwest::Client,
     cfg: Arc<AuthConfig>,
-    cache: Arc<Mutex<HashMap<[u8; 32], Arc<Entry>>>>,
+    valid: moka::future::Cache<[u8; 32], AuthUser>,
+    refused: moka::future::Cache<[u8; 32], ()>,
     metrics: Metrics,
 }
 
@@ -82,53 +87,39 @@ struct Me {
 impl KBaseAuth {
     /// A client that shares `http` (one connection pool per process).
     pub fn new(http: reqwest::Client, cfg: AuthConfig, metrics: Metrics) -> Self {
+        let valid = moka::future::Cache::builder()
+            .max_capacity(u64::try_from(cfg.max_entries).unwrap_or(u64::MAX))
+            .time_to_live(cfg.ttl)
+            .build();
+        let refused = moka::future::Cache::builder()
+            .max_capacity(NEGATIVE_ENTRIES)
+            .time_to_live(cfg.ttl.min(NEGATIVE_TTL))
+            .build();
         Self {
             http,
             cfg: Arc::new(cfg),
-            cache: Arc::default(),
+            valid,
+            refused,
             metrics,
         }
     }
 
-    /// Who `token` belongs to. Valid and invalid answers are cached; outages are not.
+    /// Who `token` belongs to. Valid and refused answers are cached (apart); outages are
+    /// not.
     pub async fn authenticate(&self, token: &str) -> Result<AuthUser, AuthError> {
         let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        let entry = {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            let fresh = cache
-                .get(&key)
-                .filter(|e| e.created.elapsed() < self.cfg.ttl)
-                .cloned();
-            match fresh {
-                Some(e) => e,
-                None => {
-                    if cache.len() >= self.cfg.max_entries {
-                        let ttl = self.cfg.ttl;
-                        cache.retain(|_, e| e.created.elapsed() < ttl);
-                        if cache.len() >= self.cfg.max_entries {
-                            cache.clear();
-                        }
-                    }
-                    let e = Arc::new(Entry {
-                        created: Instant::now(),
-                        cell: OnceCell::new(),
-                    });
-                    cache.insert(key, e.clone());
-                    e
+        if self.refused.contains_key(&key) {
+            return Err(AuthError::InvalidToken);
+        }
+        let user = match self.valid.try_get_with(key, self.fetch(token)).await {
+            Ok(user) => user,
+            Err(e) => {
+                let e = AuthError::clone(&e);
+                if e == AuthError::InvalidToken {
+                    self.refused.insert(key, ()).await;
                 }
+                return Err(e);
             }
-        };
-        let result = entry.cell.get_or_init(|| self.fetch(token)).await.clone();
-        let user = match result {
-            Err(AuthError::Unavailable(_)) => {
-                // Do not cache an outage: the next request asks again.
-                let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-                if cache.get(&key).is_some_and(|e| Arc::ptr_eq(e, &entry)) {
-                    cache.remove(&key);
-                }
-                result?
-            }
-            other => other?,
         };
         if let Some(missing) = self
             .cfg

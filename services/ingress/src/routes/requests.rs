@@ -106,10 +106,7 @@ pub async fn submit(
                     if took_token {
                         st.limiter.refund(&requester);
                     }
-                    let msg = format!(
-                        "You already have an open request {id} for {permission} access to {tenant}; \
-                         it is waiting for an approver. Follow it with GET /requests/{id}."
-                    );
+                    let msg = already_open(&rec.value);
                     return Ok((StatusCode::OK, Json(answer(&rec.value, msg))).into_response());
                 }
                 Some(_) => {
@@ -161,6 +158,15 @@ pub async fn submit(
     ))
 }
 
+/// The message of a repeated submission.
+fn already_open(rec: &RequestRecord) -> String {
+    let (id, permission, tenant) = (&rec.request_id, rec.permission, &rec.tenant_name);
+    format!(
+        "You already have an open request {id} for {permission} access to {tenant}; \
+         it is waiting for an approver. Follow it with GET /requests/{id}."
+    )
+}
+
 /// A requested access duration: humantime, more than zero, at most `max`.
 fn access_duration(raw: &str, max: std::time::Duration) -> Result<std::time::Duration, ApiError> {
     let invalid = |m: String| {
@@ -187,17 +193,20 @@ async fn create_and_publish(st: &AppState, step: Step) -> Result<Response, ApiEr
     let at = step.record.created_at;
     let trace = tars_observability::trace::current().map(|t| t.child().header());
     let (record, _) = step.into_outbox(0, at, trace);
-    let rec = if st.store.create(&record).await? {
-        fail::fail_point!("submit.after_record");
-        st.metrics.requests.with_label_values(&["pending"]).inc();
-        record
-    } else {
-        st.store
+    if !st.store.create(&record).await? {
+        // A concurrent submission of the same request created it first: this one is a
+        // repeat, answered like any other.
+        let rec = st
+            .store
             .get(&record.request_id)
             .await?
             .map(|v| v.value)
-            .ok_or_else(|| ApiError::unavailable("request store inconsistent; try again"))?
-    };
+            .ok_or_else(|| ApiError::unavailable("request store inconsistent; try again"))?;
+        return Ok((StatusCode::OK, Json(answer(&rec, already_open(&rec)))).into_response());
+    }
+    fail::fail_point!("submit.after_record");
+    st.metrics.requests.with_label_values(&["pending"]).inc();
+    let rec = record;
     let msg = format!(
         "Request {} for {} access to {} submitted; an approver has been notified. \
          Follow it with GET /requests/{}.",
