@@ -79,10 +79,7 @@ async fn losing_the_stream_leader_loses_and_repeats_nothing() {
         tars_governance_applier::Args {
             common: replicated(),
             worker: worker_args(),
-            governance_api_url: Some(governance.url()),
-            governance_token: Some(GOV_TOKEN.into()),
-            governance_token_file: None,
-            governance_api: tars_governance_applier::Api::Tenants,
+            governance: tars_governance_applier::GovernanceArgs::new(&governance.url(), GOV_TOKEN),
         },
         Metrics::new(),
         stop.clone(),

@@ -877,3 +877,80 @@ async fn finding_2_a_flood_of_junk_tokens_neither_costs_repeat_calls_nor_evicts_
         "the valid user's answer is still cached"
     );
 }
+
+#[tokio::test]
+async fn finding_1_unknown_tenants_are_refused_at_submit_and_outages_are_503() {
+    let s = Stack::start(Options::default()).await;
+    s.governance.allow_any_tenant(false);
+    s.governance.add_tenant("known");
+    let (status, body, _) = s
+        .post(
+            "/requests/",
+            Some(USER_TOKEN),
+            json!({"tenant_name": "nosuch"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error_type"], "unknown_tenant");
+    assert!(
+        body["message"].as_str().unwrap().contains("nosuch"),
+        "{body}"
+    );
+    // An outage is never taken as "the tenant exists".
+    s.governance.faults().fail_next(1, 503);
+    let (status, body, headers) = s
+        .post(
+            "/requests/",
+            Some(USER_TOKEN),
+            json!({"tenant_name": "known"}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert!(headers.get("retry-after").is_some());
+    let (status, body, _) = s
+        .post(
+            "/requests/",
+            Some(USER_TOKEN),
+            json!({"tenant_name": "known"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    // Only the accepted request was stored.
+    let (_, list) = s.get("/requests", Some(USER_TOKEN)).await;
+    assert_eq!(list["requests"].as_array().unwrap().len(), 1, "{list}");
+}
+
+#[tokio::test]
+async fn finding_1_with_the_group_api_read_only_on_neu_is_refused_when_neuro_is_a_tenant() {
+    let s = Stack::start(Options {
+        governance_api: tars_governance_applier::Api::Groups,
+        ..Options::default()
+    })
+    .await;
+    s.governance.allow_any_tenant(false);
+    s.governance.add_tenant("neu");
+    s.governance.add_tenant("neuro");
+    let (status, body, _) = s
+        .post(
+            "/requests/",
+            Some(USER_TOKEN),
+            json!({"tenant_name": "neu", "permission": "read_only"}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["error_type"], "ambiguous_tenant");
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("neu ") && message.contains("neuro"),
+        "{message}"
+    );
+    // read_write on neu is group neu: unambiguous.
+    let (status, body, _) = s
+        .post(
+            "/requests/",
+            Some(USER_TOKEN),
+            json!({"tenant_name": "neu", "permission": "read_write"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+}

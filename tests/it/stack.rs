@@ -36,6 +36,8 @@ pub struct Options {
     pub slack_pacing: Option<f64>,
     /// `SLACK_TIMEOUT` (the posting lease is three times it).
     pub slack_timeout: Duration,
+    /// `GOVERNANCE_API`, for the ingress's tenant check and the applier.
+    pub governance_api: tars_governance_applier::Api,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
             required_roles: "",
             slack_pacing: None,
             slack_timeout: Duration::from_secs(10),
+            governance_api: tars_governance_applier::Api::Tenants,
         }
     }
 }
@@ -65,6 +68,7 @@ pub struct Stack {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     slack_pacing: Option<f64>,
     slack_timeout: Duration,
+    governance_api: tars_governance_applier::Api,
 }
 
 /// Settings of every service in a test stack; a short `ack_wait` makes a killed worker's
@@ -112,6 +116,10 @@ impl Stack {
             submit_rate_per_minute: opts.submit_rate,
             max_open_requests_per_user: opts.max_open,
             request_timeout: Duration::from_secs(10),
+            governance: tars_governance_applier::GovernanceArgs {
+                governance_api: opts.governance_api,
+                ..tars_governance_applier::GovernanceArgs::new(&governance.url(), GOV_TOKEN)
+            },
             ..tars_ingress::Args::local(common(&nats.server.url()), &kbase.url(), &slack.url())
         };
         let app = tars_ingress::Application::build(args, ingress_metrics)
@@ -135,6 +143,7 @@ impl Stack {
             tasks: Vec::new(),
             slack_pacing: opts.slack_pacing,
             slack_timeout: opts.slack_timeout,
+            governance_api: opts.governance_api,
         };
         if opts.workers {
             stack.start_notifier();
@@ -183,10 +192,10 @@ impl Stack {
         tars_governance_applier::Args {
             common: common(&self.nats.server.url()),
             worker: worker_args(),
-            governance_api_url: Some(self.governance.url()),
-            governance_token: Some(GOV_TOKEN.into()),
-            governance_token_file: None,
-            governance_api: tars_governance_applier::Api::Tenants,
+            governance: tars_governance_applier::GovernanceArgs {
+                governance_api: self.governance_api,
+                ..tars_governance_applier::GovernanceArgs::new(&self.governance.url(), GOV_TOKEN)
+            },
         }
     }
 

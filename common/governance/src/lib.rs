@@ -10,11 +10,14 @@
 //!   demotion).
 //! - [`Api::Groups`] (the older API): `POST /management/groups/{group}/members/{user}`,
 //!   group = tenant (read_write) or tenant + `ro` (read_only). It cannot be read per
-//!   group, so a retried add relies on "already a member" being success.
+//!   group, so a retried add relies on "already a member" being success. (The tenant read
+//!   is still used to check tenants at submit.)
 //!
 //! Answers are classified once, here: 2xx or "already a member" is success; 5xx, 429,
 //! 408, timeouts and connection errors are transient (the message is retried later);
 //! any other 4xx is permanent and its `detail`/`message` is kept as the failure reason.
+
+pub mod config;
 
 use std::time::Duration;
 
@@ -199,14 +202,9 @@ impl GovernanceClient {
     }
 
     /// `GET /tenants/{tenant}`: `None` when the governance API does not know the tenant.
-    /// With the group API there is nothing to read: `Ok(None)` is never answered there,
-    /// the call is refused as permanent.
+    /// The service serves the tenant API beside the group API, so this is asked in either
+    /// mode (the ingress checks tenants with it); only grants differ by mode.
     pub async fn tenant(&self, tenant: &TenantName) -> Result<Option<TenantInfo>, GovernanceError> {
-        if self.api == Api::Groups {
-            return Err(GovernanceError::Permanent(
-                "the group API cannot read a tenant".into(),
-            ));
-        }
         let url = format!("{}/tenants/{tenant}", self.base);
         match self.call(self.http.get(&url)).await? {
             Answer::Ok(body) => serde_json::from_str(&body).map(Some).map_err(|e| {

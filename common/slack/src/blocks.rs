@@ -61,6 +61,17 @@ pub fn outcome_line(r: &RequestRecord) -> String {
     }
 }
 
+/// What approving `r` changes in the governance API, spelled exactly.
+pub fn membership_line(r: &RequestRecord) -> String {
+    format!(
+        "*On approval:* `{}` joins tenant `{}` with {} access (governance group `{}`)",
+        escape(r.requester.as_str()),
+        escape(r.tenant_name.as_str()),
+        r.permission,
+        r.permission.group_for(&r.tenant_name)
+    )
+}
+
 /// The message text (notification fallback) and blocks for `r`.
 pub fn render(r: &RequestRecord) -> (String, Value) {
     let text = format!(
@@ -76,6 +87,8 @@ pub fn render(r: &RequestRecord) -> (String, Value) {
             {"type": "mrkdwn", "text": format!("*Requested:*\n{}", when(r.created_at))},
         ]}),
     ];
+    // The exact membership an approval changes, so an approver sees what they grant.
+    blocks.push(json!({"type": "section", "text": {"type": "mrkdwn", "text": membership_line(r)}}));
     if let Some(j) = &r.justification {
         blocks.push(json!({"type": "section", "text": {"type": "mrkdwn",
             "text": truncate(&format!("*Justification:*\n{}", escape(j.as_str())), MAX_SECTION)}}));
@@ -147,5 +160,25 @@ mod tests {
         let s = blocks.to_string();
         assert!(!s.contains("\"actions\""));
         assert!(s.contains("bob") && s.contains("group not found"));
+    }
+
+    #[test]
+    fn finding_1_the_message_names_the_exact_membership() {
+        let r = RequestRecord::new_pending(
+            RequestId::new(),
+            Username::parse("alice").unwrap(),
+            TenantName::parse("neu").unwrap(),
+            Permission::ReadOnly,
+            None,
+            now(),
+        );
+        let (_, blocks) = render(&r);
+        let text = blocks.to_string();
+        assert!(
+            text.contains(
+                "`alice` joins tenant `neu` with read_only access (governance group `neuro`)"
+            ),
+            "{text}"
+        );
     }
 }

@@ -68,6 +68,7 @@ async fn main() -> anyhow::Result<()> {
         slack_signing_secret: Some(SIGNING_SECRET.into()),
         slack_approvers: "U_ADMIN:bob".into(),
         slack_bot: SlackBotArgs::new(BOT_TOKEN, &slack.url()),
+        governance: tars_governance_applier::GovernanceArgs::new(&governance.url(), GOV_TOKEN),
         ..tars_ingress::Args::local(CommonArgs::for_url(&url), &kbase.url(), &slack.url())
     };
     let notifier = tars_notifier::Args {
@@ -87,10 +88,7 @@ async fn main() -> anyhow::Result<()> {
     let applier = tars_governance_applier::Args {
         common: CommonArgs::for_url(&url),
         worker: worker_args(9093),
-        governance_api_url: Some(governance.url()),
-        governance_token: Some(GOV_TOKEN.into()),
-        governance_token_file: None,
-        governance_api: tars_governance_applier::Api::Tenants,
+        governance: tars_governance_applier::GovernanceArgs::new(&governance.url(), GOV_TOKEN),
     };
     let s = shutdown.clone();
     let tasks: Vec<(&str, JoinHandle<anyhow::Result<()>>)> = vec![

@@ -19,6 +19,7 @@ mod openapi;
 mod ratelimit;
 pub mod routes;
 pub mod state;
+mod tenants;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,6 +110,10 @@ pub struct Args {
     /// Longest time-bound access a request may ask for (`duration`).
     #[arg(long, env = "MAX_ACCESS_DURATION", default_value = "90d", value_parser = parse_duration)]
     pub max_access_duration: Duration,
+    /// The governance API, to refuse unknown (or, with the group API, ambiguous) tenants
+    /// at submit; unset: tenants are not checked.
+    #[command(flatten)]
+    pub governance: tars_governance::config::GovernanceArgs,
     /// Longest time one HTTP request may take.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -138,6 +143,7 @@ impl Args {
             max_open_requests_per_user: 20,
             max_access_duration: Duration::from_secs(90 * 86_400),
             request_timeout: Duration::from_secs(15),
+            governance: Default::default(),
         }
     }
 }
@@ -219,6 +225,10 @@ impl Application {
             };
             ApprovalMode::Allowlist(approvers)
         };
+        let governance = args.governance.client(&metrics, &mut problems);
+        if governance.is_none() {
+            tracing::warn!("GOVERNANCE_API_URL is not set: tenants are not checked at submit");
+        }
         tars_observability::config::report(problems).map_err(anyhow::Error::msg)?;
 
         let http = reqwest::Client::builder()
@@ -262,6 +272,7 @@ impl Application {
             metrics,
             client: conn.client.clone(),
             policy: tars_domain::machine::Policy::default(),
+            tenants: governance.map(tenants::TenantCheck::new),
         };
         let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
         Ok(Self {

@@ -60,4 +60,6 @@ pub struct AppState {
     /// applies the same ones authoritatively). Today's decision and cancel rules need no
     /// configuration; the approval policy joins here.
     pub policy: Policy,
+    /// Refuses unknown or ambiguous tenants at submit, when a governance API is set.
+    pub tenants: Option<crate::tenants::TenantCheck>,
 }

@@ -266,10 +266,7 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
             tars_governance_applier::Args {
                 common: common(&url),
                 worker,
-                governance_api_url: Some(governance.url()),
-                governance_token: Some("gov".into()),
-                governance_token_file: None,
-                governance_api: tars_governance_applier::Api::Tenants,
+                governance: tars_governance_applier::GovernanceArgs::new(&governance.url(), "gov"),
             },
             Metrics::new(),
             stop.clone(),

@@ -79,6 +79,9 @@ pub async fn submit(
         None => None,
         Some(d) => Some(access_duration(d, st.max_access_duration)?),
     };
+    if let Some(check) = &st.tenants {
+        check.check(&tenant, permission).await?;
+    }
     let requester = user.username;
     let slot = open_slot(&tenant, permission);
     let new_request = |id: RequestId| {

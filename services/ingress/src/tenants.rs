@@ -1,0 +1,79 @@
+//! Refusing, at submit, a tenant the governance API does not know, or one whose read-only
+//! group would be another tenant's name (the older group API's ambiguity), so a request
+//! that could only fail, or grant the wrong access, is never accepted.
+//!
+//! Answers are cached briefly (concurrent first lookups of one tenant share one call);
+//! an outage is not cached, and answers 503 rather than accepting an unchecked tenant.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use tars_domain::{Permission, TenantName};
+use tars_governance::{Api, GovernanceClient, GovernanceError};
+
+use crate::error::ApiError;
+
+/// How long an answer about a tenant is trusted.
+const TTL: Duration = Duration::from_secs(30);
+
+/// The tenant check of the ingress; cheap to clone.
+#[derive(Clone)]
+pub struct TenantCheck {
+    client: GovernanceClient,
+    /// tenant name → whether the governance API knows it.
+    known: moka::future::Cache<String, bool>,
+}
+
+impl TenantCheck {
+    /// A check asking `client`.
+    pub fn new(client: GovernanceClient) -> Self {
+        Self {
+            client,
+            known: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(TTL)
+                .build(),
+        }
+    }
+
+    async fn exists(&self, tenant: &str) -> Result<bool, ApiError> {
+        let Ok(name) = TenantName::parse(tenant) else {
+            return Ok(false);
+        };
+        let lookup = async { self.client.tenant(&name).await.map(|t| t.is_some()) };
+        self.known
+            .try_get_with(tenant.to_owned(), lookup)
+            .await
+            .map_err(|e| unavailable(&e))
+    }
+
+    /// `Ok` if a request for `permission` on `tenant` can be applied unambiguously.
+    pub async fn check(&self, tenant: &TenantName, permission: Permission) -> Result<(), ApiError> {
+        if !self.exists(tenant.as_str()).await? {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "unknown_tenant",
+                format!("tenant_name: the governance API has no tenant {tenant}"),
+            ));
+        }
+        if self.client.api() == Api::Groups && permission == Permission::ReadOnly {
+            let group = permission.group_for(tenant);
+            if self.exists(&group).await? {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "ambiguous_tenant",
+                    format!(
+                        "tenant_name: read_only on {tenant} is group {group}, which is also the \
+                         read-write group of tenant {group}; refused so the wrong access is never granted"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn unavailable(e: &GovernanceError) -> ApiError {
+    tracing::warn!(error = %e, "tenant check failed");
+    ApiError::unavailable("the governance API could not confirm the tenant; try again shortly")
+}
