@@ -122,14 +122,7 @@ async fn a_decision_that_dies_after_its_write_is_applied_once() {
     let id = s.submit("decided", "read_only").await;
     message_about(&s, "decided", "\"approve\"").await;
     fail::cfg("decide.after_write", "1*panic").unwrap();
-    let (status, _, _) = s
-        .post(
-            "/approvals/approve",
-            Some(ADMIN_TOKEN),
-            json!({"request_id": id}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    s.approve(&id).await;
     wait_status(&s, &id, "applied").await;
     message_about(&s, "decided", "access granted").await;
     assert_eq!(s.governance.add_calls(), 1, "one governance change");
@@ -267,14 +260,7 @@ async fn a_grant_that_dies_after_the_governance_call_never_calls_again() {
     let id = s.submit("granted", "read_write").await;
     message_about(&s, "granted", "\"approve\"").await;
     fail::cfg("grant.after_call", "1*panic").unwrap();
-    let (status, _, _) = s
-        .post(
-            "/approvals/approve",
-            Some(ADMIN_TOKEN),
-            json!({"request_id": id}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    s.approve(&id).await;
     wait_status(&s, &id, "applied").await;
     message_about(&s, "granted", "access granted").await;
     // The redelivered grant order read the tenant, found the member, and added nothing.
@@ -294,14 +280,7 @@ async fn a_grant_that_dies_before_or_after_recording_ends_applied_with_one_call(
         let tenant = point.replace(['.', '_'], "-");
         let id = s.submit(&tenant, "read_only").await;
         fail::cfg(point, "1*panic").unwrap();
-        let (status, _, _) = s
-            .post(
-                "/approvals/approve",
-                Some(ADMIN_TOKEN),
-                json!({"request_id": id}),
-            )
-            .await;
-        assert_eq!(status, 202);
+        s.approve(&id).await;
         wait_status(&s, &id, "applied").await;
         message_about(&s, &tenant, "access granted").await;
         assert_eq!(
@@ -330,14 +309,7 @@ async fn two_updates_finishing_out_of_order_leave_the_newer_state() {
         .faults()
         .set_latency(Duration::from_millis(300));
     fail::cfg("notify.before_update", "1*return(1500)").unwrap();
-    let (status, _, _) = s
-        .post(
-            "/approvals/approve",
-            Some(ADMIN_TOKEN),
-            json!({"request_id": id}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    s.approve(&id).await;
     wait_status(&s, &id, "applied").await;
     // Wait until the notifier has settled everything, then look.
     let events = s.nats.topology.events.clone();
@@ -374,14 +346,7 @@ async fn quick_slack() -> Stack {
 /// Approves `id` and waits until its one message shows the grant (the message reference
 /// was stored, or the update could not have found it).
 async fn approve_and_see_it_granted(s: &Stack, id: &str, tenant: &str) {
-    let (status, _, _) = s
-        .post(
-            "/approvals/approve",
-            Some(ADMIN_TOKEN),
-            json!({"request_id": id}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    s.approve(id).await;
     wait_status(s, id, "applied").await;
     message_about(s, tenant, "access granted").await;
 }

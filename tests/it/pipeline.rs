@@ -187,14 +187,7 @@ async fn governance_outages_are_retried_and_refusals_fail_then_replay() {
     let id = s.submit("flaky", "read_only").await;
     let before = s.governance.calls().len();
     s.governance.faults().fail_next(3, 500);
-    let (status, _, _) = s
-        .post(
-            "/approvals/approve",
-            Some(ADMIN_TOKEN),
-            json!({"request_id": id}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    s.approve(&id).await;
     wait_status(&s, &id, "applied").await;
     assert_eq!(s.governance.add_calls(), 1);
     assert_eq!(
@@ -543,14 +536,7 @@ async fn events_racing_the_first_post_still_give_one_message() {
     // Slack is slow, so the approval's events arrive while the first post is in flight.
     s.slack.faults().set_latency(Duration::from_millis(700));
     let id = s.submit("racing", "read_only").await;
-    let (status, _, _) = s
-        .post(
-            "/approvals/approve",
-            Some(ADMIN_TOKEN),
-            json!({"request_id": id}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    s.approve(&id).await;
     wait_status(&s, &id, "applied").await;
     wait_message(&s, &id, "access granted").await;
     let posts = s
@@ -635,14 +621,7 @@ async fn read_only_for_a_read_write_member_changes_nothing() {
     .await;
     s.governance.set_member("owned", "alice", "read_write");
     let id = s.submit("owned", "read_only").await;
-    let (status, _, _) = s
-        .post(
-            "/approvals/approve",
-            Some(ADMIN_TOKEN),
-            json!({"request_id": id}),
-        )
-        .await;
-    assert_eq!(status, 202);
+    s.approve(&id).await;
     wait_status(&s, &id, "applied").await;
     assert_eq!(
         s.governance.add_calls(),

@@ -257,6 +257,18 @@ impl Stack {
         body["request_id"].as_str().unwrap().to_owned()
     }
 
+    /// Approves `id` over REST as the admin `bob`; the ingress must accept it (202).
+    pub async fn approve(&self, id: &str) {
+        let (status, body, _) = self
+            .post(
+                "/approvals/approve",
+                Some(ADMIN_TOKEN),
+                serde_json::json!({"request_id": id}),
+            )
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+
     /// Submits one request each for `n` distinct users and approves them all over REST;
     /// returns the ids.
     pub async fn submit_and_approve_many(&self, n: usize) -> Vec<String> {
