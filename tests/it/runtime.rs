@@ -43,6 +43,7 @@ fn fast_config() -> WorkerConfig {
         pull_expires: Duration::from_millis(500),
         shutdown_grace: Duration::from_millis(300),
         progress_interval: Duration::from_secs(5),
+        health: Default::default(),
     }
 }
 
@@ -505,5 +506,51 @@ async fn worker_probes_serve_metrics_liveness_and_readiness() {
     assert!(text.contains(r#"tars_consumer_pending{worker="notifier"}"#));
     stop.cancel();
     served.await.unwrap().unwrap();
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_that_cannot_pull_is_not_ready_and_declares_its_consumer_again() {
+    let nats = Nats::start().await;
+    let h = handler(|_| async { Outcome::Ack });
+    let cfg = fast_config();
+    let health = cfg.health.clone();
+    let w = spawn_worker(&nats.topology, h, cfg);
+    publish_n(&nats, 2).await;
+    eventually(LONG, "two acks", || async {
+        (w.count("ack") == 2).then_some(())
+    })
+    .await;
+    // Idle pulls that simply expire are healthy.
+    let idle_for = Instant::now();
+    eventually(LONG, "a few idle pulls", || async {
+        (idle_for.elapsed() > Duration::from_secs(2)).then_some(())
+    })
+    .await;
+    assert_eq!(health.check(Duration::from_secs(1)), Ok(()));
+    // The consumer vanishes: readiness fails, then the worker declares it again and work
+    // goes on.
+    nats.topology
+        .events
+        .delete_consumer(NOTIFIER.name)
+        .await
+        .unwrap();
+    eventually(LONG, "not ready", || async {
+        health.check(Duration::from_millis(500)).err()
+    })
+    .await;
+    eventually(LONG, "the consumer declared again", || async {
+        nats.topology
+            .events
+            .get_consumer::<async_nats::jetstream::consumer::pull::Config>(NOTIFIER.name)
+            .await
+            .ok()
+    })
+    .await;
+    publish_n(&nats, 1).await;
+    eventually(LONG, "ready and working again", || async {
+        (health.check(Duration::from_millis(500)).is_ok() && w.count("ack") >= 3).then_some(())
+    })
+    .await;
     w.stop().await;
 }

@@ -74,9 +74,17 @@ pub async fn run_worker<H: Handler>(
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| ServiceError::Bind { addr, source })?;
+    // Ready while connected and able to pull: pulls failing for longer than this (a
+    // deleted consumer, JetStream refusing) take the replica out of service.
+    let connected = crate::nats::readiness(&conn.client);
+    let health = cfg.health.clone();
+    let ready: tars_observability::health::Readiness = std::sync::Arc::new(move || {
+        connected()?;
+        health.check(std::time::Duration::from_secs(5))
+    });
     let probe = Probe {
         metrics: conn.metrics.clone(),
-        ready: crate::nats::readiness(&conn.client),
+        ready,
     };
     let probes = tokio::spawn(health::serve(listener, probe, shutdown.clone()));
     let relay = tokio::spawn(crate::relay::run(

@@ -20,7 +20,7 @@ use async_nats::jetstream::{self, AckKind, consumer::PullConsumer};
 use futures::StreamExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, error, info, info_span, warn};
+use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::topology::{DLQ_STREAM, Topology, WorkerKind};
 use tars_domain::events::Envelope;
@@ -128,6 +128,39 @@ impl RetryPolicy {
     }
 }
 
+/// Whether the worker can pull from its consumer, for `/readyz`: a connected socket is not
+/// enough (the consumer may be gone, or JetStream may be refusing pulls). It records when
+/// the current run of failed pulls began; a good pull ends it.
+#[derive(Debug, Clone, Default)]
+pub struct PullHealth(Arc<std::sync::Mutex<Option<Instant>>>);
+
+impl PullHealth {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ok(&self) {
+        *self.lock() = None;
+    }
+
+    /// Records a failed pull; returns how long pulls have been failing.
+    fn failed(&self) -> Duration {
+        let mut since = self.lock();
+        since.get_or_insert_with(Instant::now).elapsed()
+    }
+
+    /// `Err` when pulls have been failing for longer than `tolerance`.
+    pub fn check(&self, tolerance: Duration) -> Result<(), String> {
+        match *self.lock() {
+            Some(since) if since.elapsed() > tolerance => Err(format!(
+                "cannot pull from the consumer for {} s",
+                since.elapsed().as_secs()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// How one worker process consumes.
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -144,6 +177,8 @@ pub struct WorkerConfig {
     /// How often an in-progress ack extends a long-running handler's `ack_wait` (never
     /// less often than a third of the consumer's `ack_wait`).
     pub progress_interval: Duration,
+    /// Shared with the readiness probe.
+    pub health: PullHealth,
 }
 
 impl Default for WorkerConfig {
@@ -155,6 +190,7 @@ impl Default for WorkerConfig {
             pull_expires: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             progress_interval: Duration::from_secs(10),
+            health: PullHealth::default(),
         }
     }
 }
@@ -178,6 +214,9 @@ struct Shared<H> {
     cfg: WorkerConfig,
     js: jetstream::Context,
     metrics: Metrics,
+    /// The topology and the consumer, to declare the consumer again if pulls keep failing.
+    topology: Topology,
+    consumer: PullConsumer,
     /// Fired when the shutdown grace has run out: running handlers are abandoned and their
     /// messages nak-ed so another replica takes them at once.
     hard_stop: CancellationToken,
@@ -215,6 +254,8 @@ pub async fn run<H: Handler>(
         cfg,
         js: topology.js.clone(),
         metrics: metrics.clone(),
+        topology: topology.clone(),
+        consumer: consumer.clone(),
         hard_stop: CancellationToken::new(),
     });
     let slots = Arc::new(Semaphore::new(concurrency));
@@ -246,8 +287,9 @@ pub async fn run<H: Handler>(
             Ok(b) => b,
             Err(e) => {
                 pull_failures += 1;
+                pull_failed(&shared).await;
                 let wait = Duration::from_millis(100 * 2u64.pow(pull_failures.min(5)));
-                warn!(worker = kind.name, error = %e, ?wait, "pull failed; NATS may be reconnecting");
+                warn!(worker = kind.name, consumer = kind.name, error = %e, ?wait, "pull failed; NATS may be reconnecting");
                 drop(permits);
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {},
@@ -282,6 +324,31 @@ pub async fn run<H: Handler>(
     Ok(())
 }
 
+/// How long pulls may fail before the worker declares its consumer again (it may have been
+/// deleted, or lost with a stream).
+const REDECLARE_AFTER: Duration = Duration::from_secs(2);
+
+/// Records a failed pull; once pulls have failed for a while, declares the worker's
+/// consumer again with the configuration it had, so a deleted consumer comes back instead
+/// of leaving the worker idle.
+async fn pull_failed<H>(shared: &Shared<H>) {
+    if shared.cfg.health.failed() <= REDECLARE_AFTER {
+        return;
+    }
+    let kind = shared.kind;
+    let config = shared.consumer.cached_info().config.clone();
+    match shared.topology.events.create_consumer(config).await {
+        Ok(_) => info!(
+            worker = kind.name,
+            consumer = kind.name,
+            "consumer declared again"
+        ),
+        Err(e) => {
+            warn!(worker = kind.name, consumer = kind.name, error = %e, "declaring the consumer again failed")
+        }
+    }
+}
+
 /// Hands each message of one pull to a handler task with one of the slots the pull was
 /// made for; slots the server did not fill are freed when the pull ends.
 async fn read_batch<H: Handler>(
@@ -291,6 +358,7 @@ async fn read_batch<H: Handler>(
     shutdown: CancellationToken,
 ) {
     let mut received = 0usize;
+    let mut failed = false;
     while let Some(next) = batch.next().await {
         match next {
             Ok(msg) if shutdown.is_cancelled() => {
@@ -307,8 +375,10 @@ async fn read_batch<H: Handler>(
                 tokio::spawn(process(shared.clone(), msg, permit));
             }
             Err(e) => {
-                debug!(worker = shared.kind.name, error = %e, "pull ended with an error");
                 if received == 0 {
+                    warn!(worker = shared.kind.name, consumer = shared.kind.name, error = %e, "pull failed");
+                    failed = true;
+                    pull_failed(&shared).await;
                     // Likely a NATS outage: hold the slots a moment so the pull loop
                     // does not spin while the client reconnects.
                     tokio::select! {
@@ -319,6 +389,9 @@ async fn read_batch<H: Handler>(
                 break;
             }
         }
+    }
+    if !failed {
+        shared.cfg.health.ok();
     }
 }
 
