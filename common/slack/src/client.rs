@@ -64,7 +64,7 @@ pub struct SlackClient {
     /// The rate-limit gate of each channel, shared by every task of the process.
     gates: Arc<Mutex<HashMap<String, Gate>>>,
     /// Optional proactive pacing of posts (`SLACK_MAX_POSTS_PER_SECOND`): the time
-    /// between two posts to one channel, and the next free slot per channel.
+    /// between two posts to one channel, and when each channel's last post went.
     post_interval: Option<Duration>,
     next_post: Arc<Mutex<HashMap<String, Instant>>>,
 }
@@ -171,11 +171,11 @@ impl SlackClient {
         self
     }
 
-    /// Waits until a new post to `channel` may go: its pacing slot has come and no rate
-    /// limit pauses the channel. The notifier waits here *before* it claims the posting,
-    /// so a claim covers the call itself, not the queue in front of it.
+    /// Waits until no rate limit pauses `channel`. The notifier waits here *before* it
+    /// claims the posting, so a claim covers the post, not a pause in front of it. (The
+    /// optional pacing slot is taken at the post itself, so that posts are spaced when they
+    /// are sent, whatever the claim in between took.)
     pub async fn wait_turn(&self, channel: &str) {
-        self.pace(channel).await;
         loop {
             let until = {
                 let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
@@ -188,19 +188,29 @@ impl SlackClient {
         }
     }
 
-    /// Waits for this post's slot under the pacing (posts queue for their turn).
+    /// Waits until this post may go under the pacing: at least one interval after the
+    /// channel's previous post *was sent* (not after it was scheduled, so a task woken late
+    /// never sends two posts close together).
     async fn pace(&self, channel: &str) {
         let Some(interval) = self.post_interval else {
             return;
         };
-        let wait = {
-            let mut next = self.next_post.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let slot = next.get(channel).copied().unwrap_or(now).max(now);
-            next.insert(channel.to_owned(), slot + interval);
-            slot - now
-        };
-        self.wait(wait, "paced").await;
+        loop {
+            let wait = {
+                let mut last = self.next_post.lock().unwrap_or_else(|p| p.into_inner());
+                let now = Instant::now();
+                match last.get(channel) {
+                    Some(sent) if now.duration_since(*sent) < interval => {
+                        interval - now.duration_since(*sent)
+                    }
+                    _ => {
+                        last.insert(channel.to_owned(), now);
+                        return;
+                    }
+                }
+            };
+            self.wait(wait, "paced").await;
+        }
     }
 
     async fn wait(&self, d: Duration, reason: &str) {
@@ -228,6 +238,7 @@ impl SlackClient {
         blocks: &Value,
         request_id: &str,
     ) -> Result<Posted, SlackError> {
+        self.pace(channel).await;
         let body = json!({
             "channel": channel, "text": text, "blocks": blocks, "unfurl_links": false,
             "metadata": {"event_type": METADATA_EVENT, "event_payload": {"request_id": request_id}},

@@ -78,8 +78,8 @@ impl Worker {
         if let Some(msg) = &rec.slack {
             return self.update(msg, &rec).await;
         }
-        // Queue for the channel first (pacing, a rate-limit pause): the claim then covers
-        // only the call, so it never ages past its lease while waiting its turn.
+        // Wait out a rate-limit pause first: the claim then covers only the post (and its
+        // pacing slot), so it never ages past its lease while the channel is paused.
         self.slack.wait_turn(&self.channel).await;
         // One lease per attempt, not per process: two events of one request handled at
         // once by the same replica must not both post.
