@@ -52,6 +52,22 @@ fn id_in(m: &SlackMessage) -> String {
     text[at..at + 36].to_owned()
 }
 
+/// POSTs `body` to `path` as the user while a fail point is set to stop the call: the
+/// caller must not hear 2xx (the connection may simply break).
+async fn post_that_dies(s: &Stack, path: &str, body: serde_json::Value) {
+    let answer = s
+        .http
+        .post(format!("{}{path}", s.base))
+        .bearer_auth(USER_TOKEN)
+        .json(&body)
+        .send()
+        .await;
+    assert!(
+        answer.map_or(true, |r| !r.status().is_success()),
+        "the crashed call answered 2xx"
+    );
+}
+
 async fn workers() -> Stack {
     Stack::start(Options {
         workers: true,
@@ -65,17 +81,8 @@ async fn a_submission_that_dies_after_writing_its_record_still_reaches_the_appro
     let scenario = FailScenario::setup();
     let s = workers().await;
     fail::cfg("submit.after_record", "1*panic").unwrap();
-    let answer = s
-        .http
-        .post(format!("{}/requests/", s.base))
-        .bearer_auth(USER_TOKEN)
-        .json(&json!({"tenant_name": "crashed", "permission": "read_only"}))
-        .send()
-        .await;
-    assert!(
-        answer.map_or(true, |r| !r.status().is_success()),
-        "the crash answered 2xx"
-    );
+    let body = json!({"tenant_name": "crashed", "permission": "read_only"});
+    post_that_dies(&s, "/requests/", body).await;
     // Nobody retries (the notebook client does not): the record alone must be enough.
     let m = message_about(&s, "crashed", "\"approve\"").await;
     let id = id_in(&m);
@@ -99,14 +106,7 @@ async fn a_submission_that_dies_after_its_index_write_is_finished_by_the_retry()
     let s = workers().await;
     fail::cfg("submit.after_index", "1*panic").unwrap();
     let body = json!({"tenant_name": "halfway", "permission": "read_write"});
-    let first = s
-        .http
-        .post(format!("{}/requests/", s.base))
-        .bearer_auth(USER_TOKEN)
-        .json(&body)
-        .send()
-        .await;
-    assert!(first.map_or(true, |r| !r.status().is_success()));
+    post_that_dies(&s, "/requests/", body.clone()).await;
     let (status, answer, _) = s.post("/requests/", Some(USER_TOKEN), body).await;
     assert_eq!(status, 202, "{answer}");
     let id = answer["request_id"].as_str().unwrap();
@@ -122,9 +122,7 @@ async fn a_decision_that_dies_after_its_write_is_applied_once() {
     let id = s.submit("decided", "read_only").await;
     message_about(&s, "decided", "\"approve\"").await;
     fail::cfg("decide.after_write", "1*panic").unwrap();
-    s.approve(&id).await;
-    wait_status(&s, &id, "applied").await;
-    message_about(&s, "decided", "access granted").await;
+    approve_and_see_it_granted(&s, &id, "decided").await;
     assert_eq!(s.governance.add_calls(), 1, "one governance change");
     assert_eq!(
         s.wait_count(&format!("tars.request.approved.{id}"), 1)
@@ -228,14 +226,7 @@ async fn a_cancel_that_dies_after_its_write_is_announced_once() {
     let s = workers().await;
     let id = s.submit("withdrawn", "read_only").await;
     fail::cfg("cancel.after_write", "1*panic").unwrap();
-    let first = s
-        .http
-        .post(format!("{}/requests/{id}/cancel", s.base))
-        .bearer_auth(USER_TOKEN)
-        .json(&json!({}))
-        .send()
-        .await;
-    assert!(first.map_or(true, |r| !r.status().is_success()));
+    post_that_dies(&s, &format!("/requests/{id}/cancel"), json!({})).await;
     let (status, body, _) = s
         .post(
             &format!("/requests/{id}/cancel"),
@@ -260,9 +251,7 @@ async fn a_grant_that_dies_after_the_governance_call_never_calls_again() {
     let id = s.submit("granted", "read_write").await;
     message_about(&s, "granted", "\"approve\"").await;
     fail::cfg("grant.after_call", "1*panic").unwrap();
-    s.approve(&id).await;
-    wait_status(&s, &id, "applied").await;
-    message_about(&s, "granted", "access granted").await;
+    approve_and_see_it_granted(&s, &id, "granted").await;
     // The redelivered grant order read the tenant, found the member, and added nothing.
     assert_eq!(s.governance.add_calls(), 1, "one governance change");
     assert_eq!(
@@ -280,9 +269,7 @@ async fn a_grant_that_dies_before_or_after_recording_ends_applied_with_one_call(
         let tenant = point.replace(['.', '_'], "-");
         let id = s.submit(&tenant, "read_only").await;
         fail::cfg(point, "1*panic").unwrap();
-        s.approve(&id).await;
-        wait_status(&s, &id, "applied").await;
-        message_about(&s, &tenant, "access granted").await;
+        approve_and_see_it_granted(&s, &id, &tenant).await;
         assert_eq!(
             s.governance.add_calls(),
             1,

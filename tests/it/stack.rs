@@ -287,14 +287,7 @@ impl Stack {
                         .await;
                     assert_eq!(status, 202, "{body}");
                     let id = body["request_id"].as_str().unwrap().to_owned();
-                    let (status, body, _) = self
-                        .post(
-                            "/approvals/approve",
-                            Some(ADMIN_TOKEN),
-                            serde_json::json!({"request_id": id}),
-                        )
-                        .await;
-                    assert_eq!(status, 202, "{body}");
+                    self.approve(&id).await;
                     id
                 }
             });
