@@ -71,6 +71,7 @@ async fn losing_the_stream_leader_loses_and_repeats_nothing() {
             worker: worker_args(),
             request_ttl: Duration::from_secs(7 * 86_400),
             sweep_interval: Duration::from_secs(30),
+            request_retention: Duration::from_secs(400 * 86_400),
         },
         Metrics::new(),
         stop.clone(),

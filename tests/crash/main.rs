@@ -77,10 +77,10 @@ async fn workers() -> Stack {
 }
 
 #[tokio::test]
-async fn a_submission_that_dies_after_writing_its_record_still_reaches_the_approvers() {
+async fn a_submission_that_dies_after_its_write_still_reaches_the_approvers() {
     let scenario = FailScenario::setup();
     let s = workers().await;
-    fail::cfg("submit.after_record", "1*panic").unwrap();
+    fail::cfg("submit.after_write", "1*panic").unwrap();
     let body = json!({"tenant_name": "crashed", "permission": "read_only"});
     post_that_dies(&s, "/requests/", body).await;
     // Nobody retries (the notebook client does not): the record alone must be enough.
@@ -100,13 +100,48 @@ async fn a_submission_that_dies_after_writing_its_record_still_reaches_the_appro
     scenario.teardown();
 }
 
+/// The keys of the request bucket under `prefix` that hold a value now.
+async fn live_keys(s: &Stack, prefix: &str) -> Vec<String> {
+    use futures::TryStreamExt;
+    let keys: Vec<String> = s
+        .nats
+        .topology
+        .requests
+        .keys()
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let mut live = Vec::new();
+    for k in keys.into_iter().filter(|k| k.starts_with(prefix)) {
+        if s.nats.topology.requests.get(&k).await.unwrap().is_some() {
+            live.push(k);
+        }
+    }
+    live
+}
+
 #[tokio::test]
-async fn a_submission_that_dies_after_its_index_write_is_finished_by_the_retry() {
+async fn a_submission_that_dies_inside_its_atomic_write_leaves_nothing_and_the_retry_succeeds() {
     let scenario = FailScenario::setup();
     let s = workers().await;
-    fail::cfg("submit.after_index", "1*panic").unwrap();
+    fail::cfg("atomic.before_commit", "1*panic").unwrap();
     let body = json!({"tenant_name": "halfway", "permission": "read_write"});
     post_that_dies(&s, "/requests/", body.clone()).await;
+    // The record, its index keys and the open index entry were one write: none of it
+    // exists, so nothing names a request that was never accepted.
+    assert_eq!(live_keys(&s, "s.").await, Vec::<String>::new());
+    assert_eq!(live_keys(&s, "u.").await, Vec::<String>::new());
+    assert!(
+        s.nats
+            .topology
+            .requests
+            .get("open.alice")
+            .await
+            .unwrap()
+            .is_none()
+    );
     let (status, answer, _) = s.post("/requests/", Some(USER_TOKEN), body).await;
     assert_eq!(status, 202, "{answer}");
     let id = answer["request_id"].as_str().unwrap();
@@ -193,11 +228,16 @@ async fn an_expiry_that_dies_after_its_write_still_tells_slack() {
 }
 
 #[tokio::test]
-async fn a_cancel_whose_index_removal_fails_succeeds_and_leaks_nothing() {
+async fn a_cancel_that_dies_inside_its_atomic_write_changes_nothing_until_retried() {
     let scenario = FailScenario::setup();
     let s = workers().await;
     let id = s.submit("leaky", "read_only").await;
-    fail::cfg("store.close_open", "1*return").unwrap();
+    message_about(&s, "leaky", "\"approve\"").await;
+    fail::cfg("atomic.before_commit", "1*panic").unwrap();
+    post_that_dies(&s, &format!("/requests/{id}/cancel"), json!({})).await;
+    // Record, status index and open index still agree: pending.
+    assert_eq!(s.status_of(&id).await, "pending");
+    assert_eq!(live_keys(&s, "s.").await, vec![format!("s.pending.{id}")]);
     let (status, body, _) = s
         .post(
             &format!("/requests/{id}/cancel"),
@@ -206,13 +246,9 @@ async fn a_cancel_whose_index_removal_fails_succeeds_and_leaks_nothing() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(s.status_of(&id).await, "cancelled");
-    // The expiry sweep removes the stale index entry; record and index agree again.
-    let requests = &s.nats.topology.requests;
-    eventually(LONG, "the stale index entry removed", || async {
-        let entry = requests.get("open.alice").await.unwrap()?;
-        let index: serde_json::Value = serde_json::from_slice(&entry).unwrap();
-        (index.as_object().unwrap().is_empty()).then_some(())
+    // The status index moved with the record, and the open slot is free again.
+    eventually(LONG, "the removal marker gone", || async {
+        (live_keys(&s, "s.").await == vec![format!("s.cancelled.{id}")]).then_some(())
     })
     .await;
     let again = s.submit("leaky", "read_only").await;

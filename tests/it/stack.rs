@@ -180,6 +180,7 @@ impl Stack {
             worker: worker_args(),
             request_ttl: ttl,
             sweep_interval: Duration::from_millis(200),
+            request_retention: Duration::from_secs(400 * 86_400),
         };
         let s = self.shutdown.clone();
         self.tasks.push(tokio::spawn(async move {

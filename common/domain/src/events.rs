@@ -97,6 +97,20 @@ pub enum Event {
 }
 
 impl Event {
+    /// Every `type` string, for reading one request's events subject by subject (a request's
+    /// history is the messages on `tars.<kind>.<id>` for each of these).
+    pub const KINDS: [&'static str; 9] = [
+        "request.submitted",
+        "decision.requested",
+        "decision.rejected",
+        "request.approved",
+        "request.denied",
+        "request.cancelled",
+        "request.expired",
+        "request.applied",
+        "request.failed",
+    ];
+
     /// The `type` string, also the middle of the subject.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -204,6 +218,43 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_name_every_event_once() {
+        let u = || Username::parse("alice").unwrap();
+        let events = [
+            Event::RequestSubmitted {
+                requester: u(),
+                tenant_name: TenantName::parse("kbase").unwrap(),
+                permission: Permission::ReadOnly,
+            },
+            Event::DecisionRequested {
+                decision: Decision::Approve,
+                by: u(),
+                source: Source::Rest,
+                reason: None,
+            },
+            Event::DecisionRejected {
+                decision: Decision::Deny,
+                by: u(),
+                status: RequestStatus::Denied,
+            },
+            Event::RequestApproved {
+                by: u(),
+                source: Source::Slack,
+            },
+            Event::RequestDenied {
+                by: u(),
+                source: Source::Slack,
+            },
+            Event::RequestCancelled {},
+            Event::RequestExpired {},
+            Event::RequestApplied { group: "g".into() },
+            Event::RequestFailed { reason: "r".into() },
+        ];
+        let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
+        assert_eq!(kinds, Event::KINDS);
+    }
 
     #[test]
     fn envelope_round_trips_with_type_and_data() {

@@ -5,7 +5,10 @@
 //! |---|---|
 //! | [`nats`] | connecting the same way everywhere (reconnects forever, cluster URL lists) |
 //! | [`topology`] | streams, bucket and consumers, declared idempotently by every service |
-//! | [`store`] | request records and open-request indexes, changed only by KV compare-and-set; steps the state machine |
+//! | [`store`] | request records and their index keys, changed only by compare-and-set; steps the state machine |
+//! | [`atomic`] | several keys as one durable write (atomic batch publish) |
+//! | [`direct`] | batched direct reads by subject: index listings and one request's events |
+//! | [`audit`] | one request's events from `TARS_EVENTS`, read subject by subject |
 //! | [`publish`] | events to `TARS_EVENTS`, acked, with `Nats-Msg-Id` |
 //! | [`retry`] | riding out a reconnect or leader election for a few seconds |
 //! | [`relay`] | publishes the events in record outboxes, tailing the bucket's stream |
@@ -13,7 +16,10 @@
 //! | [`service`] | a worker process's start-up and shutdown sequence |
 //! | [`config`] | the settings every process and every worker shares |
 
+pub mod atomic;
+pub mod audit;
 pub mod config;
+pub mod direct;
 pub mod nats;
 pub mod publish;
 pub mod relay;

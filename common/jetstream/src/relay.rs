@@ -7,9 +7,6 @@
 //! nothing is found by scanning, and nothing waits in memory. Each event is published with
 //! its own `Nats-Msg-Id`, so a revision seen twice publishes once.
 //!
-//! It also finishes the one follow-up write a state change may leave undone: a request
-//! that left `pending` is taken out of its requester's open index.
-//!
 //! Every TARS process runs one relay on the same durable consumer; they share the work.
 
 use std::time::Duration;
@@ -17,13 +14,11 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use tars_domain::RequestRecord;
-use tars_domain::events::Event;
 use tars_observability::trace::{self, TraceContext};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::publish::EventPublisher;
-use crate::store::RequestStore;
 use crate::topology::Topology;
 
 /// The relay's durable consumer on the bucket's stream.
@@ -32,8 +27,8 @@ pub const RELAY_CONSUMER: &str = "relay";
 /// How many revisions one pull asks for.
 const BATCH: usize = 64;
 
-/// The relay's consumer: every revision of every record key (the open-request index keys,
-/// `open.<user>`, have two tokens and are not matched).
+/// The relay's consumer: every revision of every record key (index keys such as
+/// `open.<user>` and `s.<status>.<id>` have more than one token and are not matched).
 pub fn consumer_config(
     bucket: &str,
     ack_wait: Duration,
@@ -58,19 +53,10 @@ pub fn consumer_config(
 enum RelayError {
     #[error(transparent)]
     Publish(#[from] crate::publish::PublishError),
-    #[error(transparent)]
-    Store(#[from] crate::store::StoreError),
 }
 
-/// Carries out the duties of one revision: publish its outbox and, when its change took
-/// the request out of `pending`, make sure the requester's open index no longer holds it
-/// (the writer removes it at once; this repairs a removal that failed). `Err` leaves the
-/// revision to be redelivered.
-async fn relay_one(
-    publisher: &EventPublisher,
-    store: &RequestStore,
-    msg: &jetstream::Message,
-) -> Result<(), RelayError> {
+/// Publishes the outbox of one revision; `Err` leaves the revision to be redelivered.
+async fn relay_one(publisher: &EventPublisher, msg: &jetstream::Message) -> Result<(), RelayError> {
     // A deleted or purged key has no payload and nothing to announce.
     if msg.payload.is_empty() {
         return Ok(());
@@ -82,18 +68,6 @@ async fn relay_one(
             return Ok(());
         }
     };
-    let left_pending = revision.outbox.iter().any(|o| {
-        matches!(
-            o.envelope.event,
-            Event::RequestApproved { .. }
-                | Event::RequestDenied { .. }
-                | Event::RequestCancelled {}
-                | Event::RequestExpired {}
-        )
-    });
-    if left_pending {
-        store.close_open(&revision).await?;
-    }
     for out in revision.outbox {
         let ctx = TraceContext::from_header(out.traceparent.as_deref());
         let span = tracing::info_span!(
@@ -122,7 +96,6 @@ pub async fn run(topology: Topology, publisher: EventPublisher, shutdown: Cancel
             return;
         }
     };
-    let store = RequestStore::new(topology.requests.clone());
     while !shutdown.is_cancelled() {
         let batch = tokio::select! {
             b = consumer.batch().max_messages(BATCH).expires(Duration::from_secs(2)).messages() => b,
@@ -142,7 +115,7 @@ pub async fn run(topology: Topology, publisher: EventPublisher, shutdown: Cancel
         // published rather than left to wait for its ack timer.
         while let Some(next) = batch.next().await {
             let Ok(msg) = next else { break };
-            let settle = match relay_one(&publisher, &store, &msg).await {
+            let settle = match relay_one(&publisher, &msg).await {
                 Ok(()) => {
                     fail::fail_point!("relay.after_publish");
                     AckKind::Ack

@@ -89,9 +89,6 @@ pub enum TopologyError {
         /// The server's answer.
         source: jetstream::context::CreateStreamError,
     },
-    /// The KV bucket could not be created or updated.
-    #[error("declare KV bucket {REQUESTS_BUCKET}: {0}")]
-    Bucket(#[from] jetstream::context::CreateKeyValueError),
     /// A consumer could not be created or updated.
     #[error("declare consumer {name}: {source}")]
     Consumer {
@@ -124,6 +121,35 @@ fn stream_config(name: &str, subjects: &[&str], cfg: &TopologyConfig) -> stream:
         max_age: cfg.events_max_age,
         duplicate_window: DUPLICATE_WINDOW,
         num_replicas: cfg.replicas,
+        // Histories are read by subject with direct gets, answered by any replica.
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// The configuration of the stream behind `TARS_REQUESTS`: what async-nats makes of a KV
+/// bucket, plus atomic batches (a record and its index keys are one write) and
+/// per-message TTLs (a removed index key's marker vanishes). Written out here because
+/// the KV helper would send the same update without those flags on every start.
+pub fn requests_stream_config(cfg: &TopologyConfig) -> stream::Config {
+    stream::Config {
+        name: format!("KV_{REQUESTS_BUCKET}"),
+        description: Some("TARS request records and their index keys".into()),
+        subjects: vec![format!("$KV.{REQUESTS_BUCKET}.>")],
+        // The relay reads every revision from the bucket's stream: keep enough of each
+        // key's revisions that none is replaced before the relay has seen it.
+        max_messages_per_subject: REQUEST_HISTORY,
+        max_bytes: -1,
+        max_message_size: -1,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: cfg.replicas,
+        discard: stream::DiscardPolicy::New,
+        allow_atomic_publish: true,
+        allow_message_ttl: true,
         ..Default::default()
     }
 }
@@ -198,18 +224,11 @@ pub async fn ensure(
 
     let events = create_stream(&js, EVENTS_STREAM, events_stream_config(cfg)).await?;
     let dlq = create_stream(&js, DLQ_STREAM, dlq_stream_config(cfg)).await?;
+    create_stream(&js, "KV_TARS_REQUESTS", requests_stream_config(cfg)).await?;
     let requests = js
-        .create_or_update_key_value(kv::Config {
-            bucket: REQUESTS_BUCKET.into(),
-            description: "TARS request records and open-request index".into(),
-            // The relay reads every revision from the bucket's stream: keep enough of each
-            // key's revisions that none is replaced before the relay has seen it.
-            history: REQUEST_HISTORY,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        })
-        .await?;
+        .get_key_value(REQUESTS_BUCKET)
+        .await
+        .map_err(|e| TopologyError::Account(format!("bucket {REQUESTS_BUCKET}: {e}")))?;
     requests
         .stream
         .create_consumer(crate::relay::consumer_config(

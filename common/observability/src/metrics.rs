@@ -47,6 +47,13 @@ pub struct Inner {
     /// `tars_slack_wait_seconds_total{reason}`: time calls spent waiting for a channel,
     /// `reason` = `paused` (after a 429) or `paced` (`SLACK_MAX_POSTS_PER_SECOND`).
     pub slack_wait_seconds: CounterVec,
+    /// `tars_store_reads_total{kind}`: what the request store read, `kind` = `record` (a
+    /// record fetched), `index_entry` (an index key listed) or `event` (an audit event
+    /// read for a history). The evidence that a call's cost does not grow with history.
+    pub store_reads: IntCounterVec,
+    /// `tars_oldest_pending_request_seconds`: the age of the oldest request still waiting
+    /// for a decision, as of the decision worker's last sweep (0 when none waits).
+    pub oldest_pending_request: prometheus::Gauge,
 }
 
 impl std::ops::Deref for Metrics {
@@ -131,6 +138,22 @@ impl Metrics {
                 .unwrap_or_else(|e| panic!("tars_consumer_pending: {e}"));
                 r.register(Box::new(g.clone()))
                     .unwrap_or_else(|e| panic!("tars_consumer_pending: {e}"));
+                g
+            },
+            store_reads: counter(
+                r,
+                "tars_store_reads_total",
+                "Request-store reads: records, index entries and audit events",
+                &["kind"],
+            ),
+            oldest_pending_request: {
+                let g = prometheus::Gauge::new(
+                    "tars_oldest_pending_request_seconds",
+                    "Age of the oldest pending request at the last expiry sweep",
+                )
+                .unwrap_or_else(|e| panic!("tars_oldest_pending_request_seconds: {e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("tars_oldest_pending_request_seconds: {e}"));
                 g
             },
             dead_letters: counter(

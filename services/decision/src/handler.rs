@@ -34,7 +34,7 @@ impl Worker {
     /// Builds the handler from a connected process and the policy it applies.
     pub fn new(conn: &Connected, policy: Policy) -> Self {
         Self {
-            store: RequestStore::new(conn.topology.requests.clone()),
+            store: RequestStore::new(&conn.topology, &conn.metrics),
             publisher: EventPublisher::new(conn.topology.js.clone(), conn.metrics.clone()),
             metrics: conn.metrics.clone(),
             policy,
@@ -83,20 +83,24 @@ impl Worker {
         }
     }
 
-    /// Expires every pending request older than the policy's TTL; safe to run on every
-    /// replica at once (the compare-and-set lets one win). The expiry and its event are one
-    /// write: the relay publishes the event.
-    pub async fn expire_stale(&self) -> Result<usize, StoreError> {
-        let cutoff = tars_domain::now() - self.policy.request_ttl;
-        let stale = self
-            .store
-            .pending()
-            .await?
+    /// Expires every pending request older than the policy's TTL as of `now`; safe to run
+    /// on every replica at once (the compare-and-set lets one win). The expiry and its
+    /// event are one write: the relay publishes the event. Pending requests are found
+    /// through the status index (their ids carry their creation time), so a sweep reads
+    /// the pending requests' index keys and the records due, nothing else. Also exports
+    /// the age of the oldest pending request.
+    pub async fn expire_stale(&self, now: time::OffsetDateTime) -> Result<usize, StoreError> {
+        let cutoff = now - self.policy.request_ttl;
+        let pending = self.store.pending().await?;
+        let oldest = pending.iter().filter_map(RequestId::created_at).min();
+        self.metrics
+            .oldest_pending_request
+            .set(oldest.map_or(0.0, |t| (now - t).as_seconds_f64().max(0.0)));
+        let stale = pending
             .into_iter()
             .filter(|id| id.created_at().is_none_or(|t| t <= cutoff));
         let mut expired = 0;
         for id in stale {
-            let now = tars_domain::now();
             match self
                 .store
                 .step(&id, &Command::Expire, now, 0, &self.policy)
@@ -107,11 +111,8 @@ impl Worker {
                     expired += 1;
                     self.metrics.requests.with_label_values(&["expired"]).inc();
                 }
-                // Decided meanwhile: the index entry is stale (its removal failed).
-                Ok(Err(Refusal::Settled { .. })) => self.store.forget_if_settled(&id).await?,
-                // Not due after all.
+                // Decided meanwhile, or not due after all.
                 Ok(_) => {}
-                // An index entry whose record a crashed submission never wrote.
                 Err(StoreError::NotFound(_)) => {}
                 Err(e) => return Err(e),
             }
@@ -119,13 +120,33 @@ impl Worker {
         Ok(expired)
     }
 
-    /// Sweeps every `every` until shutdown.
-    pub async fn sweep_forever(&self, every: Duration, shutdown: CancellationToken) {
+    /// Removes finished records older than `retention` as of `now` (see
+    /// [`RequestStore::retire`]).
+    pub async fn retire(
+        &self,
+        now: time::OffsetDateTime,
+        retention: Duration,
+    ) -> Result<usize, StoreError> {
+        self.store.retire(now, retention).await
+    }
+
+    /// Sweeps every `every` until shutdown: expiry, then retention.
+    pub async fn sweep_forever(
+        &self,
+        every: Duration,
+        retention: Duration,
+        shutdown: CancellationToken,
+    ) {
         loop {
-            match self.expire_stale().await {
+            match self.expire_stale(tars_domain::now()).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(expired = n, "expired stale pending requests"),
                 Err(e) => tracing::warn!(error = %e, "expiry sweep failed; will try again"),
+            }
+            match self.retire(tars_domain::now(), retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(removed = n, "removed finished requests past retention"),
+                Err(e) => tracing::warn!(error = %e, "retention sweep failed; will try again"),
             }
             tokio::select! {
                 _ = tokio::time::sleep(every) => {}

@@ -40,6 +40,10 @@ pub struct Args {
     /// How often the expiry sweep runs (at most 30 s apart).
     #[arg(long, env = "EXPIRY_SWEEP_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub sweep_interval: Duration,
+    /// Finished requests (denied, cancelled, expired, revoked) are removed from the
+    /// bucket this long after they finished; their events stay in `TARS_EVENTS`.
+    #[arg(long, env = "REQUEST_RETENTION", default_value = "400d", value_parser = parse_duration)]
+    pub request_retention: Duration,
 }
 
 /// Runs the decision worker and its expiry sweep until `shutdown` fires.
@@ -54,9 +58,10 @@ pub async fn run(
     };
     let sweeper = Arc::new(Worker::new(&conn, policy.clone()));
     let every = args.sweep_interval.min(Duration::from_secs(30));
+    let retention = args.request_retention;
     let sweep = tokio::spawn({
         let (s, stop) = (sweeper.clone(), shutdown.clone());
-        async move { s.sweep_forever(every, stop).await }
+        async move { s.sweep_forever(every, retention, stop).await }
     });
     let worker = Worker::new(&conn, policy);
     let result = service::run_worker(DECISION, conn, worker, &args.worker, shutdown).await;

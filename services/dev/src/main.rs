@@ -84,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         worker: worker_args(9092),
         request_ttl: Duration::from_secs(7 * 86_400),
         sweep_interval: Duration::from_secs(30),
+        request_retention: Duration::from_secs(400 * 86_400),
     };
     let applier = tars_governance_applier::Args {
         common: CommonArgs::for_url(&url),

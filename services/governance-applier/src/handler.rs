@@ -33,7 +33,7 @@ impl Worker {
     /// Builds the handler from a connected process and the governance client.
     pub fn new(conn: &Connected, governance: GovernanceClient) -> Self {
         Self {
-            store: RequestStore::new(conn.topology.requests.clone()),
+            store: RequestStore::new(&conn.topology, &conn.metrics),
             publisher: EventPublisher::new(conn.topology.js.clone(), conn.metrics.clone()),
             governance,
             metrics: conn.metrics.clone(),

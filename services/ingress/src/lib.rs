@@ -257,8 +257,9 @@ impl Application {
         let conn =
             tars_jetstream::service::connect(&args.common, "tars-ingress", metrics.clone()).await?;
         let state = AppState {
-            store: RequestStore::new(conn.topology.requests.clone()),
+            store: RequestStore::new(&conn.topology, &conn.metrics),
             publisher: EventPublisher::new(conn.topology.js.clone(), metrics.clone()),
+            events: tars_jetstream::audit::EventLog::new(&conn.topology, &conn.metrics),
             topology: conn.topology,
             auth,
             slack: Arc::new(SlackSettings {

@@ -40,7 +40,9 @@ pub struct AppState {
     pub store: RequestStore,
     /// Publishes events.
     pub publisher: EventPublisher,
-    /// Streams and bucket (history and dead letters read from here).
+    /// Reads request histories.
+    pub events: tars_jetstream::audit::EventLog,
+    /// Streams and bucket (dead letters are read from here).
     pub topology: Topology,
     /// Checks tokens.
     pub auth: KBaseAuth,

@@ -61,7 +61,7 @@ impl Worker {
     /// the posting lease (three times the Slack client's timeout).
     pub fn new(conn: &Connected, slack: SlackClient, channel: String, lease: Duration) -> Self {
         Self {
-            store: RequestStore::new(conn.topology.requests.clone()),
+            store: RequestStore::new(&conn.topology, &conn.metrics),
             slack,
             channel,
             me: replica_id(),

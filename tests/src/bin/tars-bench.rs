@@ -258,6 +258,7 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
                 worker: worker.clone(),
                 request_ttl: Duration::from_secs(86_400),
                 sweep_interval: Duration::from_secs(30),
+                request_retention: Duration::from_secs(400 * 86_400),
             },
             Metrics::new(),
             stop.clone(),

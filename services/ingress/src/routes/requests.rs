@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tars_domain::duration::{format_duration, parse_duration};
-use tars_domain::machine::{self, Command, Refusal, Step};
+use tars_domain::machine::{self, Command, Refusal};
 use tars_domain::{
     Justification, Permission, RequestId, RequestRecord, RequestStatus, TenantName, Username, now,
 };
@@ -58,12 +58,10 @@ fn answer(r: &RequestRecord, message: String) -> SubmitAnswer {
 
 /// `POST /requests` and `/requests/`.
 ///
-/// Order of writes, each safe to repeat: (1) the requester's open index gets the new id by
-/// compare-and-set (this is where concurrent duplicates lose), (2) the record is created
-/// create-only, (3) `request.submitted` is published with `Nats-Msg-Id:
-/// <id>.request.submitted`. A failure after (1) or (2) answers 503; the client's retry
-/// finds the id in the index, completes whatever is missing and republishes (a no-op for
-/// the stream inside the 10-minute duplicate window), so nothing is lost or stuck.
+/// One durable write: the requester's open index (compare-and-set: this is where
+/// concurrent duplicates lose), the record with `request.submitted` in its outbox, and its
+/// index keys, as one atomic batch. A failure answers 503 and leaves nothing behind; the
+/// relay publishes the event from the record, so nothing is lost once this answered 2xx.
 pub async fn submit(
     State(st): State<AppState>,
     Caller(user): Caller,
@@ -112,17 +110,14 @@ pub async fn submit(
                     let msg = already_open(&rec.value);
                     return Ok((StatusCode::OK, Json(answer(&rec.value, msg))).into_response());
                 }
-                Some(_) => {
-                    // Stale index entry: that request already left pending.
+                _ => {
+                    // An entry an older TARS left behind (its request left pending, or its
+                    // record was never written): drop it and decide again.
                     open.remove(&slot);
-                    st.store
-                        .write_open_index(&requester, &open, revision)
-                        .await?;
+                    if let Some(rev) = revision {
+                        st.store.write_open_index(&requester, &open, rev).await?;
+                    }
                     continue;
-                }
-                None => {
-                    // The index names an id whose record was never written: finish it.
-                    return create_and_publish(&st, new_request(id)).await;
                 }
             }
         }
@@ -147,14 +142,23 @@ pub async fn submit(
         }
         let id = RequestId::new();
         open.insert(slot.clone(), id.clone());
-        if st
-            .store
-            .write_open_index(&requester, &open, revision)
-            .await?
-        {
-            fail::fail_point!("submit.after_index");
-            return create_and_publish(&st, new_request(id)).await;
+        let step = new_request(id);
+        super::name_request(&step.record.request_id);
+        let at = step.record.created_at;
+        let trace = tars_observability::trace::current().map(|t| t.child().header());
+        let (record, _) = step.into_outbox(0, at, trace);
+        if st.store.open(&record, &open, revision).await? {
+            fail::fail_point!("submit.after_write");
+            st.metrics.requests.with_label_values(&["pending"]).inc();
+            let msg = format!(
+                "Request {} for {} access to {} submitted; an approver has been notified. \
+                 Follow it with GET /requests/{}.",
+                record.request_id, record.permission, record.tenant_name, record.request_id
+            );
+            return Ok((StatusCode::ACCEPTED, Json(answer(&record, msg))).into_response());
         }
+        // The index changed meanwhile (a concurrent submission, or our own commit whose
+        // ack was lost): read it again and decide again.
     }
     Err(ApiError::unavailable(
         "too many concurrent submissions; try again",
@@ -189,35 +193,6 @@ fn access_duration(raw: &str, max: std::time::Duration) -> Result<std::time::Dur
     Ok(d)
 }
 
-/// Creates the record of a new request, its `request.submitted` event in its outbox (one
-/// durable write: the relay publishes it), or finds the one an earlier attempt created.
-async fn create_and_publish(st: &AppState, step: Step) -> Result<Response, ApiError> {
-    super::name_request(&step.record.request_id);
-    let at = step.record.created_at;
-    let trace = tars_observability::trace::current().map(|t| t.child().header());
-    let (record, _) = step.into_outbox(0, at, trace);
-    if !st.store.create(&record).await? {
-        // A concurrent submission of the same request created it first: this one is a
-        // repeat, answered like any other.
-        let rec = st
-            .store
-            .get(&record.request_id)
-            .await?
-            .map(|v| v.value)
-            .ok_or_else(|| ApiError::unavailable("request store inconsistent; try again"))?;
-        return Ok((StatusCode::OK, Json(answer(&rec, already_open(&rec)))).into_response());
-    }
-    fail::fail_point!("submit.after_record");
-    st.metrics.requests.with_label_values(&["pending"]).inc();
-    let rec = record;
-    let msg = format!(
-        "Request {} for {} access to {} submitted; an approver has been notified. \
-         Follow it with GET /requests/{}.",
-        rec.request_id, rec.permission, rec.tenant_name, rec.request_id
-    );
-    Ok((StatusCode::ACCEPTED, Json(answer(&rec, msg))).into_response())
-}
-
 /// Loads a record the caller may see (requester or admin); anything else is 404.
 pub async fn visible(
     st: &AppState,
@@ -242,7 +217,7 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let (rec, _) = visible(&st, &user, &id).await?;
-    let history = history::of(&st.topology.events, &rec.request_id).await?;
+    let history = history::of(&st.events, &rec.request_id).await?;
     let mut v = serde_json::to_value(&rec).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.remove("slack_claim");
@@ -263,7 +238,8 @@ pub struct ListQuery {
     limit: Option<usize>,
 }
 
-/// `GET /requests?status=&requester=&cursor=&limit=`: own requests; admins see all.
+/// `GET /requests?status=&requester=&cursor=&limit=`: own requests; admins see anyone's
+/// (by `requester` or `status`; with neither, every request not finished yet).
 pub async fn list(
     State(st): State<AppState>,
     Caller(user): Caller,
@@ -285,20 +261,12 @@ pub async fn list(
     };
     let cursor = q.cursor.as_deref().map(RequestId::parse).transpose()?;
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
-    let all = st.store.all().await?;
-    let mut page: Vec<RequestRecord> = all
-        .into_iter()
-        .filter(|r| requester.as_ref().is_none_or(|u| &r.requester == u))
-        .filter(|r| status.is_none_or(|s| r.status == s))
-        .filter(|r| cursor.as_ref().is_none_or(|c| &r.request_id < c))
-        .take(limit + 1)
-        .collect();
-    let next = if page.len() > limit {
-        page.truncate(limit);
-        page.last().map(|r| r.request_id.to_string())
-    } else {
-        None
-    };
+    let page = st
+        .store
+        .list(requester.as_ref(), status, cursor.as_ref(), limit)
+        .await?;
+    let next = page.next.map(|id| id.to_string());
+    let page = page.records;
     Ok(Json(json!({"requests": page, "next": next})))
 }
 
