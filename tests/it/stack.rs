@@ -64,6 +64,8 @@ pub struct Stack {
     pub base: String,
     pub http: reqwest::Client,
     pub interactor: SlackInteractor,
+    /// The ingress's metrics (its store counts its reads here).
+    pub ingress_metrics: Metrics,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     slack_pacing: Option<f64>,
@@ -122,7 +124,7 @@ impl Stack {
             },
             ..tars_ingress::Args::local(common(&nats.server.url()), &kbase.url(), &slack.url())
         };
-        let app = tars_ingress::Application::build(args, ingress_metrics)
+        let app = tars_ingress::Application::build(args, ingress_metrics.clone())
             .await
             .unwrap();
         let base = format!("http://127.0.0.1:{}", app.port());
@@ -133,6 +135,7 @@ impl Stack {
         })];
         let mut stack = Self {
             interactor: SlackInteractor::new(SIGNING_SECRET, &base),
+            ingress_metrics,
             nats,
             kbase,
             slack,

@@ -22,3 +22,63 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Stores `n` finished (denied) requests of users `<prefix>0` … `<prefix>{n-1}`, as the
+/// store itself writes them (the record and its requester and status index keys), at
+/// full speed with many publishes in flight: the history a year of use leaves behind,
+/// for tests and benchmarks that show a call's cost does not grow with it.
+pub async fn seed_finished(js: &async_nats::jetstream::Context, prefix: &str, n: usize) {
+    use futures::StreamExt;
+    use tars_domain::events::Decision;
+    use tars_domain::machine::{self, Command, Policy};
+    use tars_domain::{Permission, RequestId, RequestStatus, Source, TenantName, Username};
+    use tars_jetstream::atomic::{self, Expect, Write};
+    use tars_jetstream::store::keys;
+
+    let now = tars_domain::now();
+    let tenant = TenantName::parse("seeded").expect("a valid tenant");
+    let admin = Username::parse("seedadmin").expect("a valid username");
+    let writes = (0..n).flat_map(|i| {
+        let user = Username::parse(&format!("{prefix}{i}")).expect("a valid username");
+        let id = RequestId::new();
+        let open = machine::submit(
+            id.clone(),
+            user.clone(),
+            tenant.clone(),
+            Permission::ReadOnly,
+            None,
+            None,
+            now,
+        )
+        .record;
+        let cmd = Command::Decide {
+            decision: Decision::Deny,
+            by: admin.clone(),
+            source: Source::Rest,
+        };
+        let mut denied = machine::step(&open, &cmd, now, &Policy::default())
+            .expect("a pending request can be denied")
+            .record;
+        denied.outbox.clear();
+        assert_eq!(denied.status, RequestStatus::Denied);
+        let record = serde_json::to_vec(&denied).expect("a record serializes");
+        [
+            (keys::record(&id), record),
+            (keys::requester(&user, &id), Vec::new()),
+            (keys::status(RequestStatus::Denied, &id), Vec::new()),
+        ]
+    });
+    // Atomic batches of the server's largest size, several in flight: one disk sync per
+    // batch, so seeding 150,000 keys takes seconds even on a server that syncs every write.
+    let writes: Vec<Write> = writes
+        .map(|(key, value)| Write::put(key, value, Expect::Any))
+        .collect();
+    let mut commits = futures::stream::iter(writes.chunks(999))
+        .map(|chunk| async move {
+            atomic::commit(js, "$KV.TARS_REQUESTS.", chunk)
+                .await
+                .expect("a seed batch committed")
+        })
+        .buffer_unordered(8);
+    while commits.next().await.is_some() {}
+}
