@@ -19,8 +19,9 @@ lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 
-## bench: throughput benchmarks (worker runtime, ingress)
+## bench: benchmarks (worker runtime, flat cost with history, ingress, end to end)
 bench:
+	cargo build --release -p tars-decision
 	cargo run --release -p tars-tests --bin tars-bench -- all
 
 nats-server:

@@ -2,7 +2,7 @@
 //! JetStream operation it is built on, measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p tars-tests --bin tars-bench -- [worker|ingress|slow-slack|e2e|all]
+//! cargo run --release -p tars-tests --bin tars-bench -- [worker|growth|ingress|slow-slack|e2e|all]
 //! ```
 //!
 //! Every submission is a new request from a distinct user for a distinct tenant, so no
@@ -543,6 +543,124 @@ async fn bench_e2e(fsync: bool) {
     s.stop.cancel();
 }
 
+/// Times `n` sequential GETs of `path`; returns (p50, p99, non-2xx).
+async fn time_gets(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    n: usize,
+) -> (Duration, Duration, usize) {
+    let mut times = Vec::with_capacity(n);
+    let mut failed = 0;
+    for _ in 0..n {
+        let t = Instant::now();
+        let r = http.get(url).bearer_auth(token).send().await;
+        let ok = match r {
+            Ok(r) => {
+                let ok = r.status().is_success();
+                let _ = r.bytes().await;
+                ok
+            }
+            Err(_) => false,
+        };
+        times.push(t.elapsed());
+        failed += usize::from(!ok);
+    }
+    times.sort();
+    (pct(&times, 0.5), pct(&times, 0.99), failed)
+}
+
+/// The resident set of a process, from `/proc` (kB → MB).
+fn rss_mb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Flat cost: with 1k, 10k and 100k finished requests stored, what a user with one
+/// request waits for, one expiry sweep, and the decision worker's memory. Each size gets
+/// a fresh server; the user's calls are timed after 20 untimed ones (the KBase token is
+/// then cached: the numbers are the store's cost, not the auth service's).
+async fn bench_growth() {
+    let decision_bin = std::env::current_exe()
+        .unwrap()
+        .with_file_name("tars-decision");
+    println!(
+        "growth: GET /requests by a user with one request, GET /requests/{{id}}, one expiry sweep, \
+         and the RSS of a tars-decision process, with N finished requests stored \
+         (default sync interval; 200 sequential calls each, auth cache warm)"
+    );
+    println!(
+        "{:>8} | {:>22} | {:>22} | {:>10} | {:>12} | non-2xx",
+        "stored", "GET /requests p50/p99", "GET /requests/{id}", "sweep p50", "decision RSS"
+    );
+    for n in [1_000usize, 10_000, 100_000] {
+        let s = stack(false, false).await;
+        let url = s._server.url();
+        let http = reqwest::Client::new();
+        let token = "bench-growth";
+        let r: serde_json::Value = http
+            .post(format!("{}/requests/", s.base))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"tenant_name": "flat"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let id = r["request_id"].as_str().unwrap().to_owned();
+        let client = async_nats::connect(&url).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        tars_tests::seed_finished(&js, "old", n).await;
+        let list_url = format!("{}/requests", s.base);
+        let one_url = format!("{}/requests/{id}", s.base);
+        time_gets(&http, &list_url, token, 20).await;
+        let (l50, l99, lf) = time_gets(&http, &list_url, token, 200).await;
+        let (g50, g99, gf) = time_gets(&http, &one_url, token, 200).await;
+        let conn = tars_jetstream::service::connect(&common(&url), "bench-sweeper", Metrics::new())
+            .await
+            .unwrap();
+        let sweeper = tars_decision::Worker::new(&conn, tars_domain::machine::Policy::default());
+        let mut sweeps = Vec::new();
+        for _ in 0..20 {
+            let t = Instant::now();
+            sweeper.expire_stale(tars_domain::now()).await.unwrap();
+            sweeps.push(t.elapsed());
+        }
+        sweeps.sort();
+        let rss = match std::process::Command::new(&decision_bin)
+            .env("NATS_URL", &url)
+            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("EXPIRY_SWEEP_INTERVAL", "1s")
+            .env("LOG_LEVEL", "error")
+            .spawn()
+        {
+            Ok(mut child) => {
+                // Long enough for start-up and several sweeps; RSS is read while it runs.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let rss = rss_mb(child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+                format!("{rss:.1} MB")
+            }
+            Err(e) => format!("n/a ({e}: build it with `cargo build --release -p tars-decision`)"),
+        };
+        println!(
+            "{n:>8} | {:>22} | {:>22} | {:>10} | {:>12} | {}",
+            format!("{} / {}", ms(l50), ms(l99)),
+            format!("{} / {}", ms(g50), ms(g99)),
+            ms(pct(&sweeps, 0.5)),
+            rss,
+            lf + gf
+        );
+        s.stop.cancel();
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let which = std::env::args().nth(1).unwrap_or_else(|| "all".into());
@@ -554,6 +672,9 @@ async fn main() {
     );
     if which == "worker" || which == "all" {
         bench_worker().await;
+    }
+    if which == "growth" || which == "all" {
+        bench_growth().await;
     }
     if which == "slow-slack" || which == "all" {
         bench_ingress(false, true).await;
