@@ -13,6 +13,9 @@ use async_nats::HeaderMap;
 use bytes::Bytes;
 use futures::StreamExt;
 
+/// The most subjects one `multi_last` request answers (the server's limit).
+const MULTI_LAST_MAX: usize = 1024;
+
 /// How long one reply of a batch may take before the read counts as failed.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -44,6 +47,7 @@ pub struct Page {
 pub struct DirectError {
     stream: String,
     reason: String,
+    too_many: bool,
 }
 
 /// Reads stored messages of one stream directly.
@@ -66,12 +70,33 @@ impl DirectReader {
         DirectError {
             stream: self.stream.clone(),
             reason: reason.to_string(),
+            too_many: false,
         }
     }
 
     /// Up to `max` messages matching `filter` (wildcards allowed) from sequence `from`.
+    ///
+    /// The server walks the stream from `from` to fill the batch, so with a wildcard this
+    /// costs the messages after `from`, matching or not: fine for a literal subject, not
+    /// for finding index keys (see [`Self::last_per_subject`]).
     pub async fn page(&self, filter: &str, from: u64, max: usize) -> Result<Page, DirectError> {
         let request = serde_json::json!({"next_by_subj": filter, "seq": from.max(1), "batch": max});
+        self.batch(request).await
+    }
+
+    /// The last message of every subject matching `filter`, found through the server's
+    /// subject index (the cost is the matching subjects, not the stream); `None` when more
+    /// than the server answers at once (1,024) match.
+    pub async fn last_per_subject(&self, filter: &str) -> Result<Option<Vec<Stored>>, DirectError> {
+        let request = serde_json::json!({"multi_last": [filter], "batch": MULTI_LAST_MAX});
+        match self.batch(request).await {
+            Ok(page) => Ok(Some(page.messages)),
+            Err(e) if e.too_many => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn batch(&self, request: serde_json::Value) -> Result<Page, DirectError> {
         let inbox = self.client.new_inbox();
         let mut replies = self
             .client
@@ -101,6 +126,12 @@ impl DirectReader {
                     return Ok(page);
                 }
                 Some(404) => return Ok(page),
+                Some(413) => {
+                    return Err(DirectError {
+                        too_many: true,
+                        ..self.error("too many subjects match")
+                    });
+                }
                 Some(status) => {
                     return Err(self.error(format!(
                         "status {status}: {}",

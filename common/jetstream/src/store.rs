@@ -490,11 +490,17 @@ impl RequestStore {
     /// listing stopped at [`MAX_INDEX_ENTRIES`].
     async fn index(&self, prefix: &str) -> Result<(Vec<String>, bool), StoreError> {
         let filter = format!("{}{prefix}>", self.prefix);
+        // Through the subject index first; more keys than one answer holds are paged.
         let read = || async {
-            self.direct
-                .all(&filter, INDEX_PAGE, MAX_INDEX_ENTRIES)
-                .await
-                .map_err(unavailable)
+            match self.direct.last_per_subject(&filter).await {
+                Ok(Some(messages)) => Ok((messages, false)),
+                Ok(None) => self
+                    .direct
+                    .all(&filter, INDEX_PAGE, MAX_INDEX_ENTRIES)
+                    .await
+                    .map_err(unavailable),
+                Err(e) => Err(unavailable(e)),
+            }
         };
         let (messages, truncated) =
             crate::retry::ride_out("KV index read", read, StoreError::is_transient).await?;
