@@ -2,7 +2,7 @@
 
 use serde_json::json;
 use tars_jetstream::topology::EVENTS_STREAM;
-use tars_testkit::standin::interact::{block_actions_body, now};
+use tars_testkit::standin::interact::{block_actions_body_in, now};
 
 use crate::stack::*;
 
@@ -319,7 +319,14 @@ async fn the_requester_cancels_once() {
 async fn forged_stale_and_unsigned_slack_calls_are_rejected_and_publish_nothing() {
     let s = Stack::start(Options::default()).await;
     let id = s.submit("kbase", "read_only").await;
-    let body = block_actions_body(SLACK_APPROVER, "approve", &id, &s.slack.response_url());
+    let body = block_actions_body_in(
+        "T1",
+        CHANNEL,
+        SLACK_APPROVER,
+        "approve",
+        &id,
+        &s.slack.response_url(),
+    );
     let forged = tars_testkit::standin::interact::SlackInteractor::new("wrong-secret", &s.base);
     assert_eq!(
         forged
@@ -953,4 +960,67 @@ async fn finding_1_with_the_group_api_read_only_on_neu_is_refused_when_neuro_is_
         )
         .await;
     assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test]
+async fn finding_8_clicks_from_another_workspace_or_channel_are_refused() {
+    let s = Stack::start(Options::default()).await;
+    let id = s.submit("origin", "read_only").await;
+    let url = s.slack.response_url();
+    for (team, channel) in [("T_OTHER", CHANNEL), ("T1", "C_ELSEWHERE")] {
+        let body = block_actions_body_in(team, channel, SLACK_APPROVER, "approve", &id, &url);
+        let r = s.interactor.send_signed(body, now(), None).await.unwrap();
+        assert_eq!(r.status(), 403, "{team}/{channel}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error_type"], "forbidden", "{body}");
+    }
+    assert_eq!(
+        s.count_subject(&format!("tars.decision.requested.{id}"))
+            .await,
+        0
+    );
+    // The same click from TARS's workspace and channel decides.
+    let body = block_actions_body_in("T1", CHANNEL, SLACK_APPROVER, "approve", &id, &url);
+    let r = s.interactor.send_signed(body, now(), None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        s.wait_count(&format!("tars.decision.requested.{id}"), 1)
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
+async fn finding_9_the_token_modal_refuses_an_admins_own_request_in_the_modal() {
+    let s = Stack::start(Options {
+        kbase_token_mode: true,
+        ..Options::default()
+    })
+    .await;
+    let (status, body, _) = s
+        .post(
+            "/requests/",
+            Some(ADMIN_TOKEN),
+            json!({"tenant_name": "mine"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["request_id"].as_str().unwrap();
+    let r = s
+        .interactor
+        .submit_token_modal("U_BOB", id, "approve", ADMIN_TOKEN)
+        .await
+        .unwrap();
+    let answer: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(answer["response_action"], "errors", "{answer}");
+    assert_eq!(
+        answer["errors"]["kbase_token"],
+        "You may not decide your own request."
+    );
+    assert_eq!(
+        s.count_subject(&format!("tars.decision.requested.{id}"))
+            .await,
+        0
+    );
+    assert_eq!(s.status_of(id).await, "pending");
 }

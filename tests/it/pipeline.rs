@@ -449,8 +449,54 @@ async fn a_discarded_dead_letter_changes_no_request() {
     assert_eq!(failed["requests"].as_array().unwrap().len(), 1);
     assert_eq!(
         failed["requests"][0]["failure_reason"],
-        "HTTP 403: Not allowed to manage this group"
+        "the governance service did not allow TARS to make this change; an admin has been told"
     );
+}
+
+#[tokio::test]
+async fn finding_7_users_see_a_plain_reason_and_only_the_dead_letter_keeps_the_detail() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    let id = s.submit("plain", "read_write").await;
+    let detail = "token gov-s3cr3t refused by http://minio-manager.internal:8000/tenants";
+    s.governance
+        .faults()
+        .fail_next_with(1, 403, json!({ "detail": detail }));
+    s.approve(&id).await;
+    wait_status(&s, &id, "failed").await;
+    let (_, record) = s.get(&format!("/requests/{id}"), Some(USER_TOKEN)).await;
+    let shown = record.to_string();
+    assert!(
+        !shown.contains("internal") && !shown.contains("s3cr3t"),
+        "{shown}"
+    );
+    assert_eq!(
+        record["failure_reason"],
+        "the governance service did not allow TARS to make this change; an admin has been told"
+    );
+    let message = eventually(E2E, "the message shows the failure", || async {
+        s.slack
+            .messages()
+            .into_iter()
+            .find(|m| m.blocks.to_string().contains("did not allow TARS"))
+    })
+    .await;
+    let posted = message.blocks.to_string();
+    assert!(
+        !posted.contains("internal") && !posted.contains("s3cr3t"),
+        "{posted}"
+    );
+    let reason = eventually(E2E, "the dead letter", || async {
+        let (_, body) = s.get("/admin/dead-letters", Some(ADMIN_TOKEN)).await;
+        body["dead_letters"][0]["reason"]
+            .as_str()
+            .map(str::to_owned)
+    })
+    .await;
+    assert!(reason.contains(detail), "{reason}");
 }
 
 /// Submits one request for each of `n` distinct users at once; returns the ids.

@@ -114,6 +114,8 @@ impl Stack {
             }
             .into(),
             slack_approvers: format!("{SLACK_APPROVER}:bob"),
+            slack_team_id: Some("T1".into()),
+            slack_channel_id: Some(CHANNEL.into()),
             slack_bot: tars_slack::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
             submit_rate_per_minute: opts.submit_rate,
             max_open_requests_per_user: opts.max_open,
@@ -134,7 +136,7 @@ impl Stack {
             async move { app.run_until_stopped(s).await.unwrap() }
         })];
         let mut stack = Self {
-            interactor: SlackInteractor::new(SIGNING_SECRET, &base),
+            interactor: SlackInteractor::new(SIGNING_SECRET, &base).in_channel(CHANNEL),
             ingress_metrics,
             nats,
             kbase,

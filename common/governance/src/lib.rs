@@ -48,15 +48,52 @@ impl std::str::FromStr for Api {
     }
 }
 
-/// Why the call did not grant access.
+/// Why the call did not grant access. The text is operator detail (for logs and the dead
+/// letter): it may quote the service's answer, so users are shown [`Self::user_reason`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GovernanceError {
     /// Trying again may work.
     #[error("governance API unavailable: {0}")]
     Transient(String),
     /// The API refused; retrying will not help.
-    #[error("governance API refused: {0}")]
-    Permanent(String),
+    #[error("governance API refused: {detail}")]
+    Permanent {
+        /// The HTTP status it answered, if the refusal came from an answer.
+        status: Option<u16>,
+        /// What it said, for operators.
+        detail: String,
+    },
+}
+
+impl GovernanceError {
+    fn refused(status: Option<u16>, detail: impl Into<String>) -> Self {
+        Self::Permanent {
+            status,
+            detail: detail.into(),
+        }
+    }
+
+    /// A plain reason for the requester and the Slack message: what went wrong in words
+    /// a user can act on, never the service's own text, URLs or credentials.
+    pub fn user_reason(&self) -> String {
+        match self {
+            Self::Transient(_) => "the governance service could not be reached after several \
+                                   tries; an admin can retry the request"
+                .into(),
+            Self::Permanent { status, .. } => match status {
+                None | Some(404) => {
+                    "the governance service does not know this tenant or user".into()
+                }
+                Some(401 | 403) => "the governance service did not allow TARS to make this \
+                                    change; an admin has been told"
+                    .into(),
+                Some(400 | 409 | 422) => {
+                    "the governance service refused this change as invalid".into()
+                }
+                Some(code) => format!("the governance service refused this change (HTTP {code})"),
+            },
+        }
+    }
 }
 
 /// What a grant found or did.
@@ -170,7 +207,11 @@ impl GovernanceClient {
             Ok(r) => r,
             Err(e) => {
                 let kind = self.metrics.transport_failure("governance", e.is_timeout());
-                return Err(GovernanceError::Transient(format!("{kind}: {e}")));
+                // The error's text would name the URL; the target is known from context.
+                return Err(GovernanceError::Transient(format!(
+                    "{kind}: {}",
+                    e.without_url()
+                )));
             }
         };
         let status = resp.status();
@@ -194,10 +235,10 @@ impl GovernanceClient {
                 "HTTP {status}: {reason}"
             )))
         } else {
-            Err(GovernanceError::Permanent(format!(
-                "HTTP {}: {reason}",
-                status.as_u16()
-            )))
+            Err(GovernanceError::refused(
+                Some(status.as_u16()),
+                format!("HTTP {}: {reason}", status.as_u16()),
+            ))
         }
     }
 
@@ -229,7 +270,10 @@ impl GovernanceClient {
         match self.api {
             Api::Tenants => {
                 let info = self.tenant(tenant).await?.ok_or_else(|| {
-                    GovernanceError::Permanent(format!("the governance API has no tenant {tenant}"))
+                    GovernanceError::refused(
+                        None,
+                        format!("the governance API has no tenant {tenant}"),
+                    )
                 })?;
                 if info
                     .access_of(user)
@@ -255,9 +299,10 @@ impl GovernanceClient {
         match answer {
             Answer::Ok(_) => Ok(Granted::Added),
             Answer::AlreadyMember => Ok(Granted::AlreadySatisfied),
-            Answer::NotFound(reason) => {
-                Err(GovernanceError::Permanent(format!("HTTP 404: {reason}")))
-            }
+            Answer::NotFound(reason) => Err(GovernanceError::refused(
+                Some(404),
+                format!("HTTP 404: {reason}"),
+            )),
         }
     }
 }

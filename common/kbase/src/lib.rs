@@ -155,10 +155,9 @@ impl KBaseAuth {
         if !status.is_success() {
             return Err(AuthError::Unavailable(format!("HTTP {status}")));
         }
-        let me: Me = resp
-            .json()
-            .await
-            .map_err(|e| AuthError::Unavailable(format!("unreadable answer: {e}")))?;
+        let me: Me = resp.json().await.map_err(|e| {
+            AuthError::Unavailable(format!("unreadable answer: {}", e.without_url()))
+        })?;
         let username = Username::parse(&me.user)
             .map_err(|e| AuthError::Unavailable(format!("KBase returned a bad username: {e}")))?;
         let is_admin = me

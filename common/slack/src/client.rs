@@ -294,9 +294,11 @@ impl SlackClient {
         }
     }
 
+    /// The URL is left out of the text: a `response_url` is as good as a bearer token for
+    /// the interaction it belongs to, and the method is named by the caller.
     fn transport_error(&self, e: reqwest::Error) -> SlackError {
         let kind = self.metrics.transport_failure("slack", e.is_timeout());
-        SlackError::Transient(format!("{kind}: {e}"))
+        SlackError::Transient(format!("{kind}: {}", e.without_url()))
     }
 
     /// Waits while `channel` is paused; returns the single-file guard when the channel is
@@ -476,7 +478,7 @@ impl SlackClient {
         }
         let answer: Answer = resp.json().await.map_err(|e| {
             self.metrics.external("slack", "bad_answer");
-            SlackError::Transient(format!("{method}: unreadable answer: {e}"))
+            SlackError::Transient(format!("{method}: unreadable answer: {}", e.without_url()))
         })?;
         if answer.ok {
             self.metrics.external("slack", "ok");

@@ -110,7 +110,7 @@ impl Worker {
             .governance
             .grant(&m.user, &m.tenant, m.permission)
             .await;
-        let reason = match granted {
+        let error = match granted {
             Ok(how) => {
                 match how {
                     Granted::Added => {
@@ -128,12 +128,13 @@ impl Worker {
                     Err(o) => o,
                 };
             }
-            Err(GovernanceError::Permanent(reason)) => {
-                tracing::warn!(%group, %reason, "governance refused");
-                reason
+            Err(e @ GovernanceError::Permanent { .. }) => {
+                tracing::warn!(%group, error = %e, "governance refused");
+                e
             }
-            Err(GovernanceError::Transient(reason)) if last_attempt => {
-                format!("retries exhausted: {reason}")
+            Err(e @ GovernanceError::Transient(_)) if last_attempt => {
+                tracing::warn!(%group, error = %e, "governance unreachable; retries exhausted");
+                e
             }
             Err(GovernanceError::Transient(reason)) => {
                 self.metrics
@@ -143,13 +144,19 @@ impl Worker {
                 return Outcome::retry(reason);
             }
         };
+        // The requester and Slack see a plain reason; the dead letter keeps the detail.
+        let detail = match &error {
+            GovernanceError::Transient(d) => format!("retries exhausted: {d}"),
+            e => e.to_string(),
+        };
+        let reason = error.user_reason();
         // `failed` is recorded, then the message is dead-lettered so an admin can replay
         // it once the cause is fixed.
         match self.step(id, Command::GrantFailed { reason }, cause).await {
             Ok(effects) => effects
                 .into_iter()
                 .find_map(|e| match e {
-                    Effect::DeadLetter(reason) => Some(Outcome::dead_letter(reason)),
+                    Effect::DeadLetter(_) => Some(Outcome::dead_letter(detail.clone())),
                     _ => None,
                 })
                 .unwrap_or(Outcome::Ack),

@@ -101,6 +101,14 @@ pub struct Args {
     /// The Slack bot, for the token modal and replies to clickers.
     #[command(flatten)]
     pub slack_bot: tars_slack::config::SlackBotArgs,
+    /// The Slack workspace TARS is installed in; when set, interactions from any other
+    /// workspace are refused (403).
+    #[arg(long, env = "SLACK_TEAM_ID")]
+    pub slack_team_id: Option<String>,
+    /// The approval channel; when set, button clicks on messages in any other channel
+    /// are refused (403).
+    #[arg(long, env = "SLACK_CHANNEL_ID")]
+    pub slack_channel_id: Option<String>,
     /// Submissions per user per minute (per ingress replica).
     #[arg(long, env = "SUBMIT_RATE_PER_MINUTE", default_value_t = 10)]
     pub submit_rate_per_minute: u32,
@@ -134,6 +142,8 @@ impl Args {
             slack_signing_secret_file: None,
             slack_approval_mode: "allowlist".into(),
             slack_approvers: String::new(),
+            slack_team_id: None,
+            slack_channel_id: None,
             slack_bot: tars_slack::config::SlackBotArgs {
                 slack_bot_token: None,
                 slack_bot_token_file: None,
@@ -266,6 +276,8 @@ impl Application {
                 signing_secret: signing,
                 mode,
                 client: slack_client,
+                team_id: args.slack_team_id.clone(),
+                channel_id: args.slack_channel_id.clone(),
             }),
             limiter: Arc::new(RateLimiter::new(args.submit_rate_per_minute)),
             max_open: args.max_open_requests_per_user,

@@ -31,6 +31,10 @@ pub struct SlackSettings {
     pub mode: ApprovalMode,
     /// Opens the token modal (kbase-token mode) and answers clickers.
     pub client: Option<SlackClient>,
+    /// `SLACK_TEAM_ID`: the only workspace whose interactions count.
+    pub team_id: Option<String>,
+    /// `SLACK_CHANNEL_ID`: the only channel whose buttons count.
+    pub channel_id: Option<String>,
 }
 
 /// Shared state; cheap to clone.

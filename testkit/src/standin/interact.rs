@@ -14,10 +14,23 @@ pub struct SlackInteractor {
     secret: String,
     ingress: String,
     http: reqwest::Client,
+    channel: String,
 }
 
-/// The form body of a `block_actions` click on a button.
+/// The form body of a `block_actions` click on a button in workspace `T1`, channel `C1`.
 pub fn block_actions_body(
+    user_id: &str,
+    action_id: &str,
+    request_id: &str,
+    response_url: &str,
+) -> String {
+    block_actions_body_in("T1", "C1", user_id, action_id, request_id, response_url)
+}
+
+/// The form body of a `block_actions` click in workspace `team`, channel `channel`.
+pub fn block_actions_body_in(
+    team: &str,
+    channel: &str,
     user_id: &str,
     action_id: &str,
     request_id: &str,
@@ -26,11 +39,11 @@ pub fn block_actions_body(
     let n = CLICKS.fetch_add(1, Ordering::Relaxed);
     let payload = json!({
         "type": "block_actions",
-        "user": {"id": user_id, "username": user_id.to_lowercase(), "team_id": "T1"},
+        "user": {"id": user_id, "username": user_id.to_lowercase(), "team_id": team},
         "api_app_id": "A1", "token": "legacy",
-        "container": {"type": "message", "message_ts": "1700000000.000001", "channel_id": "C1"},
+        "container": {"type": "message", "message_ts": "1700000000.000001", "channel_id": channel},
         "trigger_id": format!("trigger.{n}"),
-        "team": {"id": "T1"}, "channel": {"id": "C1"},
+        "team": {"id": team}, "channel": {"id": channel},
         "response_url": response_url,
         "actions": [{"type": "button", "action_id": action_id, "block_id": "decision",
                      "value": request_id, "action_ts": format!("1700000000.{n:06}")}],
@@ -44,7 +57,8 @@ pub fn token_modal_body(user_id: &str, request_id: &str, decision: &str, token: 
     let meta = json!({"request_id": request_id, "decision": decision}).to_string();
     let payload = json!({
         "type": "view_submission",
-        "user": {"id": user_id},
+        "user": {"id": user_id, "team_id": "T1"},
+        "team": {"id": "T1"},
         "view": {"id": format!("V{n}"), "callback_id": "tars_kbase_token", "private_metadata": meta,
                  "state": {"values": {"kbase_token": {"token": {"type": "plain_text_input", "value": token}}}}},
     });
@@ -62,7 +76,14 @@ impl SlackInteractor {
             secret: secret.to_owned(),
             ingress: ingress.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
+            channel: "C1".into(),
         }
+    }
+
+    /// Clicks as if the buttons were in `channel` (default `C1`).
+    pub fn in_channel(mut self, channel: &str) -> Self {
+        self.channel = channel.to_owned();
+        self
     }
 
     /// Sends `body` signed for `timestamp` (tests forge, replay and age bodies with this).
@@ -99,7 +120,14 @@ impl SlackInteractor {
         response_url: &str,
     ) -> reqwest::Result<reqwest::Response> {
         self.send_signed(
-            block_actions_body(user_id, action_id, request_id, response_url),
+            block_actions_body_in(
+                "T1",
+                &self.channel,
+                user_id,
+                action_id,
+                request_id,
+                response_url,
+            ),
             now(),
             None,
         )

@@ -68,6 +68,10 @@ enum Payload {
     BlockActions {
         user: SlackUser,
         #[serde(default)]
+        team: Option<Named>,
+        #[serde(default)]
+        channel: Option<Named>,
+        #[serde(default)]
         actions: Vec<Action>,
         #[serde(default)]
         trigger_id: Option<String>,
@@ -75,9 +79,44 @@ enum Payload {
         response_url: Option<String>,
     },
     #[serde(rename = "view_submission")]
-    ViewSubmission { user: SlackUser, view: View },
+    ViewSubmission {
+        user: SlackUser,
+        #[serde(default)]
+        team: Option<Named>,
+        view: View,
+    },
     #[serde(other)]
     Other,
+}
+
+/// A Slack object named by its id (`team`, `channel`).
+#[derive(Deserialize)]
+struct Named {
+    id: String,
+}
+
+/// Refuses a payload from another workspace, or a click in another channel, when the
+/// ingress knows which ones are TARS's: a signing secret shared by several workspaces (an
+/// org-wide app), or a copied button, must not decide anything.
+fn check_origin(
+    st: &AppState,
+    team: Option<&Named>,
+    channel: Option<&Named>,
+) -> Result<(), ApiError> {
+    let forbidden = |m: &str| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m.to_owned());
+    if let Some(want) = &st.slack.team_id
+        && team.map(|t| &t.id) != Some(want)
+    {
+        return Err(forbidden(
+            "this interaction comes from another Slack workspace",
+        ));
+    }
+    if let (Some(want), Some(channel)) = (&st.slack.channel_id, channel)
+        && &channel.id != want
+    {
+        return Err(forbidden("this button is not in the approval channel"));
+    }
+    Ok(())
 }
 
 #[derive(serde::Serialize, Deserialize)]
@@ -128,10 +167,13 @@ pub async fn interact(
     match payload {
         Payload::BlockActions {
             user,
+            team,
+            channel,
             actions,
             trigger_id,
             response_url,
         } => {
+            check_origin(&st, team.as_ref(), channel.as_ref())?;
             let Some(action) = actions.into_iter().next() else {
                 return Ok(StatusCode::OK.into_response());
             };
@@ -158,7 +200,10 @@ pub async fn interact(
             )
             .await
         }
-        Payload::ViewSubmission { user, view } => submit_token(&st, user.id, view).await,
+        Payload::ViewSubmission { user, team, view } => {
+            check_origin(&st, team.as_ref(), None)?;
+            submit_token(&st, user.id, view).await
+        }
         Payload::Other => Ok(StatusCode::OK.into_response()),
     }
 }
@@ -333,6 +378,11 @@ async fn submit_token(st: &AppState, slack_user: String, view: View) -> Result<R
         return Ok(modal_error("That KBase account has no admin role."));
     }
     super::name_request(&meta.request_id);
+    // The same refusals a click gets (own request, decided already), shown in the modal
+    // instead of closing it as if the decision had been taken.
+    if let Some(why) = refusal(st, &meta.request_id, meta.decision, &user.username).await? {
+        return Ok(modal_error(&why));
+    }
     let kind = format!("{:?}", meta.decision);
     let key = msg_id(&[&view.id, &kind, meta.request_id.as_str()]);
     tracing::info!(%slack_user, approver = %user.username, request_id = %meta.request_id, "decision from the token modal");
