@@ -720,7 +720,12 @@ async fn every_documented_route_is_served() {
         let concrete = path
             .replace("{id}", "0190b3a4-0000-7000-8000-000000000000")
             .replace("{seq}", "999");
-        for method in ops.as_object().unwrap().keys() {
+        for method in ops
+            .as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "parameters")
+        {
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r = s
                 .http
@@ -1023,4 +1028,109 @@ async fn finding_9_the_token_modal_refuses_an_admins_own_request_in_the_modal() 
         0
     );
     assert_eq!(s.status_of(id).await, "pending");
+}
+
+#[tokio::test]
+async fn finding_10_with_metrics_addr_set_metrics_leave_the_public_listener() {
+    let s = Stack::start(Options {
+        separate_metrics: true,
+        ..Options::default()
+    })
+    .await;
+    let (status, body) = s.get("/metrics", None).await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error_type"], "not_found");
+    let metrics_base = s.metrics_base.as_deref().unwrap();
+    let text = reqwest::get(format!("{metrics_base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("tars_http_requests_total"), "{text}");
+    let ready = reqwest::get(format!("{metrics_base}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    // Without METRICS_ADDR, as before: on the public listener.
+    let plain = Stack::start(Options::default()).await;
+    let r = plain
+        .http
+        .get(format!("{}/metrics", plain.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn finding_11_wrong_methods_bad_queries_and_unknown_dead_letters_get_the_json_error() {
+    let s = Stack::start(Options::default()).await;
+    for (method, path) in [
+        (reqwest::Method::DELETE, "/requests"),
+        (reqwest::Method::PUT, "/requests/"),
+        (reqwest::Method::POST, "/admin/dead-letters"),
+        (reqwest::Method::GET, "/approvals/approve"),
+        (reqwest::Method::PATCH, "/slack/interact"),
+        (reqwest::Method::POST, "/readyz"),
+        (reqwest::Method::DELETE, "/metrics"),
+    ] {
+        let r = s
+            .http
+            .request(method.clone(), format!("{}{path}", s.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 405, "{method} {path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(
+            body["error_type"], "method_not_allowed",
+            "{method} {path}: {body}"
+        );
+        assert_eq!(body["error"], 405);
+    }
+    for query in ["limit=abc", "bogus=1", "cursor=not-an-id"] {
+        let (status, body) = s.get(&format!("/requests?{query}"), Some(USER_TOKEN)).await;
+        assert_eq!(status, 422, "{query}: {body}");
+        assert!(body["message"].is_string(), "{body}");
+    }
+    for seq in ["0", "999999", "abc", "18446744073709551615", "-1"] {
+        let r = s
+            .http
+            .post(format!("{}/admin/dead-letters/{seq}/replay", s.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "replay {seq}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error_type"], "not_found", "{body}");
+        let r = s
+            .http
+            .delete(format!("{}/admin/dead-letters/{seq}", s.base))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404, "discard {seq}");
+    }
+    // The document names the path parameters, so clients and fuzzers can fill them.
+    let (_, doc) = s.get("/openapi.json", None).await;
+    for (path, param) in [
+        ("/requests/{id}", "id"),
+        ("/requests/{id}/cancel", "id"),
+        ("/admin/dead-letters/{seq}/replay", "seq"),
+        ("/admin/dead-letters/{seq}", "seq"),
+    ] {
+        let params = doc["paths"][path]["parameters"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path}"));
+        assert!(
+            params
+                .iter()
+                .any(|p| p["name"] == param && p["in"] == "path" && p["required"] == true),
+            "{path}: {params:?}"
+        );
+    }
 }

@@ -38,6 +38,8 @@ pub struct Options {
     pub slack_timeout: Duration,
     /// `GOVERNANCE_API`, for the ingress's tenant check and the applier.
     pub governance_api: tars_governance_applier::Api,
+    /// Serve the ingress's `/metrics` on its own listener (`METRICS_ADDR`).
+    pub separate_metrics: bool,
 }
 
 impl Default for Options {
@@ -52,6 +54,7 @@ impl Default for Options {
             slack_pacing: None,
             slack_timeout: Duration::from_secs(10),
             governance_api: tars_governance_applier::Api::Tenants,
+            separate_metrics: false,
         }
     }
 }
@@ -66,6 +69,8 @@ pub struct Stack {
     pub interactor: SlackInteractor,
     /// The ingress's metrics (its store counts its reads here).
     pub ingress_metrics: Metrics,
+    /// The ingress's separate metrics listener, with `separate_metrics`.
+    pub metrics_base: Option<String>,
     shutdown: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     slack_pacing: Option<f64>,
@@ -114,6 +119,7 @@ impl Stack {
             }
             .into(),
             slack_approvers: format!("{SLACK_APPROVER}:bob"),
+            metrics_addr: opts.separate_metrics.then(|| ([127, 0, 0, 1], 0).into()),
             slack_team_id: Some("T1".into()),
             slack_channel_id: Some(CHANNEL.into()),
             slack_bot: tars_slack::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
@@ -130,6 +136,7 @@ impl Stack {
             .await
             .unwrap();
         let base = format!("http://127.0.0.1:{}", app.port());
+        let metrics_base = app.metrics_port().map(|p| format!("http://127.0.0.1:{p}"));
         let shutdown = CancellationToken::new();
         let mut tasks = vec![tokio::spawn({
             let s = shutdown.clone();
@@ -138,6 +145,7 @@ impl Stack {
         let mut stack = Self {
             interactor: SlackInteractor::new(SIGNING_SECRET, &base).in_channel(CHANNEL),
             ingress_metrics,
+            metrics_base,
             nats,
             kbase,
             slack,

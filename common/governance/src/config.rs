@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use tars_observability::config::{ConfigError, secret};
+use tars_observability::config::{ConfigError, Secret, secret};
 use tars_observability::metrics::Metrics;
 
 use crate::{Api, GovernanceClient};
@@ -17,7 +17,7 @@ pub struct GovernanceArgs {
     pub governance_api_url: Option<String>,
     /// Bearer token for the governance API (or GOVERNANCE_TOKEN_FILE).
     #[arg(long, env = "GOVERNANCE_TOKEN", hide_env_values = true)]
-    pub governance_token: Option<String>,
+    pub governance_token: Option<Secret>,
     /// File holding the governance token.
     #[arg(long, env = "GOVERNANCE_TOKEN_FILE")]
     pub governance_token_file: Option<PathBuf>,
@@ -44,7 +44,7 @@ impl GovernanceArgs {
     pub fn new(url: &str, token: &str) -> Self {
         Self {
             governance_api_url: Some(url.to_owned()),
-            governance_token: Some(token.to_owned()),
+            governance_token: Some(token.into()),
             governance_token_file: None,
             governance_api: Api::Tenants,
         }
@@ -59,7 +59,7 @@ impl GovernanceArgs {
     ) -> Option<GovernanceClient> {
         let token = secret(
             "GOVERNANCE_TOKEN",
-            self.governance_token.as_deref(),
+            self.governance_token.as_ref().map(Secret::expose),
             self.governance_token_file.as_deref(),
         )
         .unwrap_or_else(|e| {

@@ -21,6 +21,43 @@ impl ConfigError {
     }
 }
 
+/// A secret from the configuration: its `Debug` is redacted, so a configuration struct
+/// logged or printed whole (`{:?}`) never shows a token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one call that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(redacted)")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Self(s)
+    }
+}
+
 /// A secret given directly (`NAME`) or as a file path (`NAME_FILE`, for Kubernetes Secrets
 /// mounted as files); the file's trailing newline is dropped.
 pub fn secret(
@@ -53,6 +90,14 @@ pub fn report(problems: Vec<ConfigError>) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finding_10_secrets_print_redacted() {
+        let s: Secret = "xoxb-very-secret".parse().unwrap();
+        assert_eq!(format!("{s:?}"), "Secret(redacted)");
+        assert_eq!(format!("{:?}", Some(s.clone())), "Some(Secret(redacted))");
+        assert_eq!(s.expose(), "xoxb-very-secret");
+    }
 
     #[test]
     fn secrets_come_from_value_or_file_not_both() {

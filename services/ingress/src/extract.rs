@@ -117,3 +117,24 @@ impl FromRequestParts<AppState> for Admin {
         }
     }
 }
+
+/// Query parameters, with a bad or unknown parameter answered as the JSON error body
+/// (422 naming it) instead of axum's plain-text 400.
+pub struct StrictQuery<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for StrictQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        serde_urlencoded::from_str(query)
+            .map(StrictQuery)
+            .map_err(|e| {
+                ApiError::new(
+                    axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                    "validation_error",
+                    format!("query: {e}"),
+                )
+            })
+    }
+}

@@ -88,7 +88,7 @@ pub struct Args {
     pub kbase_cache_ttl: Duration,
     /// Slack signing secret (or SLACK_SIGNING_SECRET_FILE); without it /slack/interact is off.
     #[arg(long, env = "SLACK_SIGNING_SECRET", hide_env_values = true)]
-    pub slack_signing_secret: Option<String>,
+    pub slack_signing_secret: Option<tars_observability::config::Secret>,
     /// File holding the Slack signing secret.
     #[arg(long, env = "SLACK_SIGNING_SECRET_FILE")]
     pub slack_signing_secret_file: Option<std::path::PathBuf>,
@@ -122,6 +122,10 @@ pub struct Args {
     /// at submit; unset: tenants are not checked.
     #[command(flatten)]
     pub governance: tars_governance::config::GovernanceArgs,
+    /// When set, `/metrics` (with `/livez` and `/readyz`) is served here and not on the
+    /// public listener, so scrapes stay inside the cluster.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Longest time one HTTP request may take.
     #[arg(long, env = "REQUEST_TIMEOUT", default_value = "15s", value_parser = parse_duration)]
     pub request_timeout: Duration,
@@ -144,6 +148,7 @@ impl Args {
             slack_approvers: String::new(),
             slack_team_id: None,
             slack_channel_id: None,
+            metrics_addr: None,
             slack_bot: tars_slack::config::SlackBotArgs {
                 slack_bot_token: None,
                 slack_bot_token_file: None,
@@ -186,6 +191,8 @@ pub fn parse_approvers(s: &str) -> Result<HashMap<String, Username>, ConfigError
 /// A bound, ready-to-serve ingress.
 pub struct Application {
     listener: tokio::net::TcpListener,
+    /// The separate probe listener (`METRICS_ADDR`), when set.
+    probes: Option<(tokio::net::TcpListener, tars_observability::health::Probe)>,
     router: Router,
     /// What the relay this process runs needs: the bucket to tail and the publisher.
     relay: (tars_jetstream::topology::Topology, EventPublisher),
@@ -199,7 +206,9 @@ impl Application {
         let mut problems = Vec::new();
         let signing = secret(
             "SLACK_SIGNING_SECRET",
-            args.slack_signing_secret.as_deref(),
+            args.slack_signing_secret
+                .as_ref()
+                .map(tars_observability::config::Secret::expose),
             args.slack_signing_secret_file.as_deref(),
         )
         .unwrap_or_else(|e| {
@@ -288,10 +297,22 @@ impl Application {
             tenants: governance.map(tenants::TenantCheck::new),
         };
         let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
+        let probes = match args.metrics_addr {
+            Some(addr) => Some((
+                tokio::net::TcpListener::bind(addr).await?,
+                tars_observability::health::Probe {
+                    metrics: state.metrics.clone(),
+                    ready: tars_jetstream::nats::readiness(&state.client),
+                },
+            )),
+            None => None,
+        };
+        let public_metrics = probes.is_none();
         Ok(Self {
             listener,
+            probes,
             relay: (state.topology.clone(), state.publisher.clone()),
-            router: router(state, args.request_timeout),
+            router: router(state, args.request_timeout, public_metrics),
             client: conn.client,
         })
     }
@@ -299,6 +320,14 @@ impl Application {
     /// The port actually bound (tests bind port 0).
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The port of the separate metrics listener, when `METRICS_ADDR` is set.
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.probes
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| a.port())
     }
 
     /// Serves until `shutdown`, finishing in-flight requests, then drains NATS.
@@ -311,9 +340,19 @@ impl Application {
             publisher,
             stop_relay.clone(),
         ));
+        let probes = self.probes.map(|(listener, probe)| {
+            tokio::spawn(tars_observability::health::serve(
+                listener,
+                probe,
+                shutdown.clone(),
+            ))
+        });
         let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await;
+        if let Some(p) = probes {
+            let _ = p.await;
+        }
         stop_relay.cancel();
         let _ = relay.await;
         served?;
@@ -421,6 +460,16 @@ async fn not_found() -> error::ApiError {
     error::ApiError::not_found("route")
 }
 
+/// A known route asked with a method it does not serve: the JSON error body, like every
+/// other refusal.
+async fn method_not_allowed(method: axum::http::Method) -> error::ApiError {
+    error::ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on this route"),
+    )
+}
+
 async fn readyz(State(st): State<AppState>) -> Response {
     if tars_jetstream::nats::is_connected(&st.client) {
         (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
@@ -429,7 +478,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
     }
 }
 
-fn router(state: AppState, timeout: Duration) -> Router {
+fn router(state: AppState, timeout: Duration, public_metrics: bool) -> Router {
     use routes::{admin, approvals, requests, slack};
     let metrics = state.metrics.clone();
     let probe = tars_observability::health::Probe {
@@ -437,7 +486,7 @@ fn router(state: AppState, timeout: Duration) -> Router {
         ready: tars_jetstream::nats::readiness(&state.client),
     };
     let request_id = HeaderName::from_static("x-request-id");
-    Router::new()
+    let app = Router::new()
         .route("/requests", post(requests::submit).get(requests::list))
         .route("/requests/", post(requests::submit).get(requests::list))
         .route("/requests/{id}", get(requests::get_one))
@@ -455,13 +504,15 @@ fn router(state: AppState, timeout: Duration) -> Router {
         .route("/readyz", get(readyz))
         .route("/openapi.json", get(|| async { Json(openapi::document()) }))
         .fallback(not_found)
-        .with_state(state)
-        .merge(
-            Router::new()
-                .route("/metrics", get(metrics_text))
-                .route("/livez", get(|| async { "ok" }))
-                .with_state(probe),
-        )
+        .with_state(state);
+    let probes = Router::new().route("/livez", get(|| async { "ok" }));
+    let probes = if public_metrics {
+        probes.route("/metrics", get(metrics_text))
+    } else {
+        probes
+    };
+    app.merge(probes.with_state(probe))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(metrics, track))
         .layer(middleware::from_fn_with_state(timeout, deadline))

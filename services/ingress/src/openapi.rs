@@ -18,8 +18,23 @@ fn op(summary: &str, auth: bool, body: Option<Value>, answers: &[(&str, &str)]) 
     o
 }
 
+/// A required path parameter.
+fn path_param(name: &str, description: &str, schema: Value) -> Value {
+    json!([{"name": name, "in": "path", "required": true, "description": description, "schema": schema}])
+}
+
 /// The OpenAPI 3.1 document.
 pub fn document() -> Value {
+    let id = path_param(
+        "id",
+        "a request id as TARS hands it out (lowercase hyphenated UUID)",
+        json!({"type": "string", "format": "uuid"}),
+    );
+    let seq = path_param(
+        "seq",
+        "the dead letter's sequence in TARS_DLQ",
+        json!({"type": "integer", "minimum": 1}),
+    );
     let submit = json!({"type": "object", "additionalProperties": false, "required": ["tenant_name"],
         "properties": {"tenant_name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,63}$"},
             "permission": {"enum": ["read_only", "read_write"], "default": "read_only"},
@@ -58,14 +73,14 @@ pub fn document() -> Value {
         "paths": {
             "/requests": {"post": submit_op.clone(), "get": list_op.clone()},
             "/requests/": {"post": submit_op, "get": list_op},
-            "/requests/{id}": {"get": op("A request with its history", true, None, &[("200", "record + history"), ("404", "unknown or not yours")])},
-            "/requests/{id}/cancel": {"post": op("Cancel a pending request (requester)", true, None, &[("200", "cancelled"), ("404", "unknown"), ("409", "no longer pending")])},
+            "/requests/{id}": {"parameters": id.clone(), "get": op("A request with its history", true, None, &[("200", "record + history"), ("404", "unknown or not yours")])},
+            "/requests/{id}/cancel": {"parameters": id, "post": op("Cancel a pending request (requester)", true, None, &[("200", "cancelled"), ("404", "unknown"), ("409", "no longer pending")])},
             "/approvals/approve": {"post": op("Approve (admin)", true, Some(decision.clone()), &[("202", "decision accepted"), ("403", "not an admin or own request"), ("404", "unknown"), ("409", "already decided")])},
             "/approvals/deny": {"post": op("Deny (admin)", true, Some(decision), &[("202", "decision accepted"), ("403", "not an admin or own request"), ("404", "unknown"), ("409", "already decided")])},
             "/slack/interact": {"post": op("Slack interactivity (signed form payload=)", false, None, &[("200", "handled"), ("401", "bad or stale signature")])},
             "/admin/dead-letters": {"get": op("List dead letters (admin)", true, None, &[("200", "{dead_letters, next}")])},
-            "/admin/dead-letters/{seq}/replay": {"post": op("Replay a dead letter (admin)", true, None, &[("202", "replayed"), ("404", "unknown")])},
-            "/admin/dead-letters/{seq}": {"delete": op("Discard a dead letter (admin)", true, None, &[("204", "discarded"), ("404", "unknown")])},
+            "/admin/dead-letters/{seq}/replay": {"parameters": seq.clone(), "post": op("Replay a dead letter (admin)", true, None, &[("202", "replayed"), ("404", "unknown")])},
+            "/admin/dead-letters/{seq}": {"parameters": seq, "delete": op("Discard a dead letter (admin)", true, None, &[("204", "discarded"), ("404", "unknown")])},
             "/health": {"get": op("Health", false, None, &[("200", "ok")])},
             "/livez": {"get": op("Liveness", false, None, &[("200", "ok")])},
             "/readyz": {"get": op("Readiness: NATS connected", false, None, &[("200", "ready"), ("503", "not ready")])},

@@ -2,7 +2,7 @@
 
 use async_nats::jetstream::consumer;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use futures::StreamExt;
 use serde::Deserialize;
@@ -13,6 +13,7 @@ use tars_jetstream::worker::{
 
 use crate::error::ApiError;
 use crate::extract::Admin;
+use crate::extract::StrictQuery;
 use crate::state::AppState;
 
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -37,7 +38,7 @@ fn header(h: &async_nats::HeaderMap, name: &str) -> Option<String> {
 pub async fn list(
     State(st): State<AppState>,
     Admin(_): Admin,
-    Query(q): Query<DlqQuery>,
+    StrictQuery(q): StrictQuery<DlqQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
     let dlq = &st.topology.dlq;
@@ -88,6 +89,15 @@ pub async fn list(
     Ok(Json(json!({"dead_letters": out, "next": next})))
 }
 
+/// A dead letter's sequence as the path spells it: anything but a positive integer names
+/// no dead letter (404, like an unknown one).
+fn seq_of(raw: &str) -> Result<u64, ApiError> {
+    raw.parse::<u64>()
+        .ok()
+        .filter(|s| *s > 0)
+        .ok_or_else(|| ApiError::not_found(format!("dead letter {raw}")))
+}
+
 async fn load(
     st: &AppState,
     seq: u64,
@@ -108,8 +118,9 @@ async fn load(
 pub async fn replay(
     State(st): State<AppState>,
     Admin(admin): Admin,
-    Path(seq): Path<u64>,
+    Path(seq): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let seq = seq_of(&seq)?;
     let m = load(&st, seq).await?;
     let subject = m
         .headers
@@ -141,8 +152,9 @@ pub async fn replay(
 pub async fn discard(
     State(st): State<AppState>,
     Admin(admin): Admin,
-    Path(seq): Path<u64>,
+    Path(seq): Path<String>,
 ) -> Result<StatusCode, ApiError> {
+    let seq = seq_of(&seq)?;
     load(&st, seq).await?;
     st.topology
         .dlq

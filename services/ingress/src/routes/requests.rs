@@ -1,7 +1,7 @@
 //! The users' API: submit, read, list and cancel access requests.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -14,7 +14,7 @@ use tars_domain::{
 use tars_jetstream::store::open_slot;
 
 use crate::error::ApiError;
-use crate::extract::{Caller, StrictJson};
+use crate::extract::{Caller, StrictJson, StrictQuery};
 use crate::history;
 use crate::state::AppState;
 
@@ -243,7 +243,7 @@ pub struct ListQuery {
 pub async fn list(
     State(st): State<AppState>,
     Caller(user): Caller,
-    Query(q): Query<ListQuery>,
+    StrictQuery(q): StrictQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let status: Option<RequestStatus> = q.status.as_deref().map(str::parse).transpose()?;
     let requester = match q.requester.as_deref() {
