@@ -1134,3 +1134,68 @@ async fn finding_11_wrong_methods_bad_queries_and_unknown_dead_letters_get_the_j
         );
     }
 }
+
+#[tokio::test]
+async fn finding_6_reads_are_limited_per_user() {
+    let s = Stack::start(Options {
+        read_rate: 5,
+        ..Options::default()
+    })
+    .await;
+    let id = s.submit("reads", "read_only").await;
+    for i in 0..5 {
+        let path = if i % 2 == 0 {
+            "/requests".to_owned()
+        } else {
+            format!("/requests/{id}")
+        };
+        let (status, body) = s.get(&path, Some(USER_TOKEN)).await;
+        assert_eq!(status, 200, "read {i}: {body}");
+    }
+    let r = s
+        .http
+        .get(format!("{}/requests/{id}", s.base))
+        .bearer_auth(USER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    // Another user still reads.
+    let (status, _) = s.get("/requests", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn finding_2_refused_tokens_are_limited_per_client_address_and_known_tokens_never() {
+    let s = Stack::start(Options {
+        failed_auth_rate: 3,
+        ..Options::default()
+    })
+    .await;
+    // alice's token is known (cached) before the flood starts.
+    let (status, _) = s.get("/requests", Some(USER_TOKEN)).await;
+    assert_eq!(status, 200);
+    for i in 0..3 {
+        let (status, _) = s.get("/requests", Some(&format!("junk-{i}"))).await;
+        assert_eq!(status, 401, "junk {i}");
+    }
+    let calls = s.kbase.calls();
+    let r = s
+        .http
+        .get(format!("{}/requests", s.base))
+        .bearer_auth("junk-more")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(
+        s.kbase.calls(),
+        calls,
+        "a limited address costs no KBase call"
+    );
+    // The known token from the same address still works.
+    let (status, _) = s.get("/requests", Some(USER_TOKEN)).await;
+    assert_eq!(status, 200);
+}

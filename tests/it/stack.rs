@@ -40,6 +40,10 @@ pub struct Options {
     pub governance_api: tars_governance_applier::Api,
     /// Serve the ingress's `/metrics` on its own listener (`METRICS_ADDR`).
     pub separate_metrics: bool,
+    /// `READ_RATE_PER_MINUTE`.
+    pub read_rate: u32,
+    /// `FAILED_AUTH_PER_MINUTE`.
+    pub failed_auth_rate: u32,
 }
 
 impl Default for Options {
@@ -55,6 +59,8 @@ impl Default for Options {
             slack_timeout: Duration::from_secs(10),
             governance_api: tars_governance_applier::Api::Tenants,
             separate_metrics: false,
+            read_rate: 100_000,
+            failed_auth_rate: 100_000,
         }
     }
 }
@@ -124,6 +130,8 @@ impl Stack {
             slack_channel_id: Some(CHANNEL.into()),
             slack_bot: tars_slack::config::SlackBotArgs::new(BOT_TOKEN, &slack.url()),
             submit_rate_per_minute: opts.submit_rate,
+            read_rate_per_minute: opts.read_rate,
+            failed_auth_per_minute: opts.failed_auth_rate,
             max_open_requests_per_user: opts.max_open,
             request_timeout: Duration::from_secs(10),
             governance: tars_governance_applier::GovernanceArgs {

@@ -104,6 +104,13 @@ impl KBaseAuth {
         }
     }
 
+    /// Whether `token`'s answer is cached (valid or refused): checking it costs no call to
+    /// KBase. The ingress limits failed authentications only for tokens it does not know.
+    pub fn knows(&self, token: &str) -> bool {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.valid.contains_key(&key) || self.refused.contains_key(&key)
+    }
+
     /// Who `token` belongs to. Valid and refused answers are cached (apart); outages are
     /// not.
     pub async fn authenticate(&self, token: &str) -> Result<AuthUser, AuthError> {

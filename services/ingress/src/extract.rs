@@ -57,6 +57,30 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     })
 }
 
+/// The address a request came from: the peer, or with `trust_forwarded` the last
+/// `X-Forwarded-For` entry (the one the proxy in front of TARS added; earlier entries are
+/// whatever the client claimed).
+pub fn client_address(parts: &Parts, trust_forwarded: bool) -> std::net::IpAddr {
+    let forwarded = trust_forwarded
+        .then(|| {
+            parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .next_back()
+                .and_then(|a| a.trim().parse().ok())
+        })
+        .flatten();
+    forwarded.unwrap_or_else(|| {
+        parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map_or(std::net::IpAddr::from([0, 0, 0, 0]), |c| c.0.ip())
+    })
+}
+
 /// The authenticated caller (`Authorization: Bearer <KBase token>`).
 pub struct Caller(pub AuthUser);
 
@@ -86,9 +110,28 @@ impl FromRequestParts<AppState> for Caller {
         if token.is_empty() {
             return Err(unauthorized("the Bearer token is empty"));
         }
+        // A token TARS has not seen costs a KBase call: a client whose tokens keep being
+        // refused waits before it may try more (known tokens are never held up).
+        let client = client_address(parts, state.trust_x_forwarded_for);
+        if !state.auth.knows(token)
+            && let Err(wait) = state.auth_failures.check(&client)
+        {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                format!(
+                    "too many refused tokens from your address; try again in {} s",
+                    wait.as_secs()
+                ),
+            )
+            .retry_after(wait));
+        }
         match state.auth.authenticate(token).await {
             Ok(user) => Ok(Caller(user)),
-            Err(AuthError::InvalidToken) => Err(unauthorized("invalid or expired KBase token")),
+            Err(AuthError::InvalidToken) => {
+                let _ = state.auth_failures.take(&client);
+                Err(unauthorized("invalid or expired KBase token"))
+            }
             Err(AuthError::MissingRole(role)) => Err(ApiError::forbidden(format!(
                 "your KBase account lacks the required role {role}"
             ))),

@@ -112,6 +112,17 @@ pub struct Args {
     /// Submissions per user per minute (per ingress replica).
     #[arg(long, env = "SUBMIT_RATE_PER_MINUTE", default_value_t = 10)]
     pub submit_rate_per_minute: u32,
+    /// Reads (`GET /requests`, `GET /requests/{id}`) per user per minute (per replica).
+    #[arg(long, env = "READ_RATE_PER_MINUTE", default_value_t = 600)]
+    pub read_rate_per_minute: u32,
+    /// Refused tokens per client address per minute before that address must wait
+    /// (tokens TARS already knows, valid or refused, are never limited).
+    #[arg(long, env = "FAILED_AUTH_PER_MINUTE", default_value_t = 30)]
+    pub failed_auth_per_minute: u32,
+    /// Take the client address from the last `X-Forwarded-For` entry (set when a proxy
+    /// you run adds it); otherwise the peer address is used.
+    #[arg(long, env = "TRUST_X_FORWARDED_FOR", default_value_t = false)]
+    pub trust_x_forwarded_for: bool,
     /// Most open (pending) requests per user.
     #[arg(long, env = "MAX_OPEN_REQUESTS_PER_USER", default_value_t = 20)]
     pub max_open_requests_per_user: usize,
@@ -155,6 +166,9 @@ impl Args {
                 slack_api_url: slack_api_url.to_owned(),
             },
             submit_rate_per_minute: 10,
+            read_rate_per_minute: 600,
+            failed_auth_per_minute: 30,
+            trust_x_forwarded_for: false,
             max_open_requests_per_user: 20,
             max_access_duration: Duration::from_secs(90 * 86_400),
             request_timeout: Duration::from_secs(15),
@@ -289,6 +303,9 @@ impl Application {
                 channel_id: args.slack_channel_id.clone(),
             }),
             limiter: Arc::new(RateLimiter::new(args.submit_rate_per_minute)),
+            read_limiter: Arc::new(RateLimiter::new(args.read_rate_per_minute)),
+            auth_failures: Arc::new(RateLimiter::new(args.failed_auth_per_minute)),
+            trust_x_forwarded_for: args.trust_x_forwarded_for,
             max_open: args.max_open_requests_per_user,
             max_access_duration: args.max_access_duration,
             metrics,
@@ -347,9 +364,13 @@ impl Application {
                 shutdown.clone(),
             ))
         });
-        let served = axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await;
+        let served = axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .await;
         if let Some(p) = probes {
             let _ = p.await;
         }

@@ -12,6 +12,7 @@ fn op(summary: &str, auth: bool, body: Option<Value>, answers: &[(&str, &str)]) 
     if auth {
         common.extend([
             ("401", "no, malformed or invalid token"),
+            ("429", "too many refused tokens from this address, or too many reads or submissions (Retry-After)"),
             ("503", "KBase auth or NATS unavailable (Retry-After)"),
         ]);
     }

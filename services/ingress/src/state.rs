@@ -54,6 +54,12 @@ pub struct AppState {
     pub slack: Arc<SlackSettings>,
     /// Per-user submission limit.
     pub limiter: Arc<RateLimiter>,
+    /// Per-user read limit.
+    pub read_limiter: Arc<RateLimiter>,
+    /// Refused tokens per client address.
+    pub auth_failures: Arc<RateLimiter<std::net::IpAddr>>,
+    /// Whether the client address comes from `X-Forwarded-For`.
+    pub trust_x_forwarded_for: bool,
     /// Most open requests per user.
     pub max_open: usize,
     /// Longest access a request may ask for.

@@ -193,6 +193,19 @@ fn access_duration(raw: &str, max: std::time::Duration) -> Result<std::time::Dur
     Ok(d)
 }
 
+/// Spends one of `user`'s reads (429 with `Retry-After` when none is left): every read
+/// costs the store something, so one user's loop cannot crowd out everyone else.
+fn spend_read(st: &AppState, user: &Username) -> Result<(), ApiError> {
+    st.read_limiter.take(user).map_err(|wait| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("too many reads; try again in {} s", wait.as_secs()),
+        )
+        .retry_after(wait)
+    })
+}
+
 /// Loads a record the caller may see (requester or admin); anything else is 404.
 pub async fn visible(
     st: &AppState,
@@ -216,6 +229,7 @@ pub async fn get_one(
     Caller(user): Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    spend_read(&st, &user.username)?;
     let (rec, _) = visible(&st, &user, &id).await?;
     let history = history::of(&st.events, &rec.request_id).await?;
     let mut v = serde_json::to_value(&rec).unwrap_or_default();
@@ -245,6 +259,7 @@ pub async fn list(
     Caller(user): Caller,
     StrictQuery(q): StrictQuery<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
+    spend_read(&st, &user.username)?;
     let status: Option<RequestStatus> = q.status.as_deref().map(str::parse).transpose()?;
     let requester = match q.requester.as_deref() {
         Some(r) => {
