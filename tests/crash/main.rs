@@ -123,29 +123,43 @@ async fn live_keys(s: &Stack, prefix: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn a_submission_that_dies_inside_its_atomic_write_leaves_nothing_and_the_retry_succeeds() {
+async fn a_submission_that_dies_after_its_index_write_is_finished_by_the_retry() {
     let scenario = FailScenario::setup();
     let s = workers().await;
-    fail::cfg("atomic.before_commit", "1*panic").unwrap();
+    fail::cfg("submit.after_index", "1*panic").unwrap();
     let body = json!({"tenant_name": "halfway", "permission": "read_write"});
     post_that_dies(&s, "/requests/", body.clone()).await;
-    // The record, its index keys and the open index entry were one write: none of it
-    // exists, so nothing names a request that was never accepted.
-    assert_eq!(live_keys(&s, "s.").await, Vec::<String>::new());
-    assert_eq!(live_keys(&s, "u.").await, Vec::<String>::new());
-    assert!(
-        s.nats
-            .topology
-            .requests
-            .get("open.alice")
-            .await
-            .unwrap()
-            .is_none()
-    );
     let (status, answer, _) = s.post("/requests/", Some(USER_TOKEN), body).await;
     assert_eq!(status, 202, "{answer}");
     let id = answer["request_id"].as_str().unwrap();
     let m = message_about(&s, "halfway", "\"approve\"").await;
+    assert_eq!(id_in(&m), id);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_submission_that_dies_after_its_index_keys_shows_no_phantom_and_the_retry_succeeds() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    fail::cfg("store.after_index_keys", "1*return").unwrap();
+    let body = json!({"tenant_name": "phantom", "permission": "read_only"});
+    let (status, answer, _) = s.post("/requests/", Some(USER_TOKEN), body.clone()).await;
+    assert_eq!(status, 503, "{answer}");
+    // The keys were written before the record that never was: nobody sees a request.
+    assert_eq!(live_keys(&s, "s.pending.").await.len(), 1);
+    let (_, list) = s.get("/requests", Some(USER_TOKEN)).await;
+    assert_eq!(list["requests"], json!([]), "{list}");
+    let (_, list) = s.get("/requests?status=pending", Some(ADMIN_TOKEN)).await;
+    assert_eq!(list["requests"], json!([]), "{list}");
+    // The retry creates it under the id the open index holds, and the keys name it.
+    let (status, answer, _) = s.post("/requests/", Some(USER_TOKEN), body).await;
+    assert_eq!(status, 202, "{answer}");
+    let id = answer["request_id"].as_str().unwrap();
+    assert_eq!(
+        live_keys(&s, "s.pending.").await,
+        vec![format!("s.pending.{id}")]
+    );
+    let m = message_about(&s, "phantom", "\"approve\"").await;
     assert_eq!(id_in(&m), id);
     scenario.teardown();
 }
@@ -228,16 +242,11 @@ async fn an_expiry_that_dies_after_its_write_still_tells_slack() {
 }
 
 #[tokio::test]
-async fn a_cancel_that_dies_inside_its_atomic_write_changes_nothing_until_retried() {
+async fn a_cancel_whose_index_removal_fails_succeeds_and_leaks_nothing() {
     let scenario = FailScenario::setup();
     let s = workers().await;
     let id = s.submit("leaky", "read_only").await;
-    message_about(&s, "leaky", "\"approve\"").await;
-    fail::cfg("atomic.before_commit", "1*panic").unwrap();
-    post_that_dies(&s, &format!("/requests/{id}/cancel"), json!({})).await;
-    // Record, status index and open index still agree: pending.
-    assert_eq!(s.status_of(&id).await, "pending");
-    assert_eq!(live_keys(&s, "s.").await, vec![format!("s.pending.{id}")]);
+    fail::cfg("store.close_open", "1*return").unwrap();
     let (status, body, _) = s
         .post(
             &format!("/requests/{id}/cancel"),
@@ -246,8 +255,56 @@ async fn a_cancel_that_dies_inside_its_atomic_write_changes_nothing_until_retrie
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    // The status index moved with the record, and the open slot is free again.
-    eventually(LONG, "the removal marker gone", || async {
+    assert_eq!(s.status_of(&id).await, "cancelled");
+    // The expiry sweep removes the stale index entry; record and index agree again.
+    let requests = &s.nats.topology.requests;
+    eventually(LONG, "the stale index entry removed", || async {
+        let entry = requests.get("open.alice").await.unwrap()?;
+        let index: serde_json::Value = serde_json::from_slice(&entry).unwrap();
+        (index.as_object().unwrap().is_empty()).then_some(())
+    })
+    .await;
+    let again = s.submit("leaky", "read_only").await;
+    assert_ne!(again, id, "a new request, not the cancelled one");
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_cancel_that_dies_after_its_index_keys_changes_nothing_until_retried() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    let id = s.submit("leaky", "read_only").await;
+    message_about(&s, "leaky", "\"approve\"").await;
+    fail::cfg("store.after_index_keys", "1*return").unwrap();
+    let (status, body, _) = s
+        .post(
+            &format!("/requests/{id}/cancel"),
+            Some(USER_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 503, "{body}");
+    // The record is still pending; the key written ahead names a change that did not
+    // happen, and no listing shows it.
+    assert_eq!(s.status_of(&id).await, "pending");
+    let (_, cancelled) = s.get("/requests?status=cancelled", Some(ADMIN_TOKEN)).await;
+    assert_eq!(cancelled["requests"], json!([]), "{cancelled}");
+    let (_, pending) = s.get("/requests?status=pending", Some(ADMIN_TOKEN)).await;
+    assert_eq!(
+        pending["requests"].as_array().unwrap().len(),
+        1,
+        "{pending}"
+    );
+    let (status, body, _) = s
+        .post(
+            &format!("/requests/{id}/cancel"),
+            Some(USER_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // The status keys moved with the record, and the open slot is free again.
+    eventually(LONG, "the pending key gone", || async {
         (live_keys(&s, "s.").await == vec![format!("s.cancelled.{id}")]).then_some(())
     })
     .await;

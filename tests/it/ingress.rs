@@ -1199,3 +1199,71 @@ async fn finding_2_refused_tokens_are_limited_per_client_address_and_known_token
     let (status, _) = s.get("/requests", Some(USER_TOKEN)).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn finding_12_non_admins_are_refused_on_every_admin_route_and_404s_are_identical() {
+    let s = Stack::start(Options::default()).await;
+    let id = s.submit("edges", "read_only").await;
+    let (status, body, _) = s
+        .post(
+            "/approvals/deny",
+            Some(USER_TOKEN),
+            json!({"request_id": id}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error_type"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
+    let (status, body, _) = s
+        .post("/admin/dead-letters/1/replay", Some(USER_TOKEN), json!({}))
+        .await;
+    assert_eq!(status, 403, "{body}");
+    let r = s
+        .http
+        .delete(format!("{}/admin/dead-letters/1", s.base))
+        .bearer_auth(USER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        s.count_subject(&format!("tars.decision.requested.{id}"))
+            .await,
+        0
+    );
+    assert_eq!(s.status_of(&id).await, "pending");
+
+    // Someone else's request and one that does not exist answer byte for byte alike,
+    // once the id itself is taken out.
+    let (status, body, _) = s
+        .post(
+            "/requests/",
+            Some(ADMIN_TOKEN),
+            json!({"tenant_name": "bobs"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let bobs = body["request_id"].as_str().unwrap().to_owned();
+    let unknown = "0190b3a4-0000-7000-8000-000000000000";
+    for path in ["/requests/{}", "/requests/{}/cancel"] {
+        let answer = |rid: &str| {
+            let url = format!("{}{}", s.base, path.replace("{}", rid));
+            let req = if path.ends_with("cancel") {
+                s.http.post(url).json(&json!({}))
+            } else {
+                s.http.get(url)
+            };
+            let rid = rid.to_owned();
+            async move {
+                let r = req.bearer_auth(USER_TOKEN).send().await.unwrap();
+                let status = r.status();
+                (status, r.text().await.unwrap().replace(&rid, "<id>"))
+            }
+        };
+        let (theirs, none) = (answer(&bobs).await, answer(unknown).await);
+        assert_eq!(theirs.0, 404, "{path}: {}", theirs.1);
+        assert_eq!(theirs, none, "{path}");
+    }
+}

@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests (`it/`) and the benchmark binary.
 
+pub mod atomic;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -32,7 +34,6 @@ pub async fn seed_finished(js: &async_nats::jetstream::Context, prefix: &str, n:
     use tars_domain::events::Decision;
     use tars_domain::machine::{self, Command, Policy};
     use tars_domain::{Permission, RequestId, RequestStatus, Source, TenantName, Username};
-    use tars_jetstream::atomic::{self, Expect, Write};
     use tars_jetstream::store::keys;
 
     let now = tars_domain::now();
@@ -70,12 +71,10 @@ pub async fn seed_finished(js: &async_nats::jetstream::Context, prefix: &str, n:
     });
     // Atomic batches of the server's largest size, several in flight: one disk sync per
     // batch, so seeding 150,000 keys takes seconds even on a server that syncs every write.
-    let writes: Vec<Write> = writes
-        .map(|(key, value)| Write::put(key, value, Expect::Any))
-        .collect();
+    let writes: Vec<(String, Vec<u8>)> = writes.collect();
     let mut commits = futures::stream::iter(writes.chunks(999))
         .map(|chunk| async move {
-            atomic::commit(js, "$KV.TARS_REQUESTS.", chunk)
+            crate::atomic::put_all(js, "$KV.TARS_REQUESTS.", chunk)
                 .await
                 .expect("a seed batch committed")
         })

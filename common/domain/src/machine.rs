@@ -733,6 +733,13 @@ mod tests {
                         allowed(before.status, s.record.status) || before.status == s.record.status,
                         "{} -> {} by {:?}", before.status, s.record.status, cmd
                     );
+                    // The store's index repair relies on `successors` never missing an
+                    // edge the machine takes.
+                    prop_assert!(
+                        before.status == s.record.status
+                            || before.status.successors().contains(&s.record.status),
+                        "{} -> {} not in successors", before.status, s.record.status
+                    );
                     if before.status == RequestStatus::Pending {
                         winning_decisions += 1;
                     }

@@ -54,6 +54,36 @@ impl RequestStatus {
         )
     }
 
+    /// The statuses a request in this one may move to next: the lifecycle's edges (a
+    /// superset of what the machine does, never less; the machine's property test checks
+    /// every change it makes is among them).
+    pub fn successors(self) -> &'static [RequestStatus] {
+        use RequestStatus as S;
+        match self {
+            S::Pending => &[S::Approved, S::Denied, S::Cancelled, S::Expired],
+            S::Approved => &[S::Applied, S::Failed],
+            S::Failed => &[S::Approved, S::Applied, S::Failed],
+            S::Applied => &[S::Revoked],
+            S::Denied | S::Cancelled | S::Expired | S::Revoked => &[],
+        }
+    }
+
+    /// Whether a request in this status may ever be in `other` (itself included): an
+    /// index key for a status the record can never reach again is garbage for good.
+    pub fn may_reach(self, other: RequestStatus) -> bool {
+        let mut seen = vec![self];
+        let mut i = 0;
+        while let Some(&s) = seen.get(i) {
+            for &n in s.successors() {
+                if !seen.contains(&n) {
+                    seen.push(n);
+                }
+            }
+            i += 1;
+        }
+        seen.contains(&other)
+    }
+
     /// Every status, for metrics and filters.
     pub const ALL: [RequestStatus; 8] = [
         Self::Pending,

@@ -5,8 +5,7 @@
 //! |---|---|
 //! | [`nats`] | connecting the same way everywhere (reconnects forever, cluster URL lists) |
 //! | [`topology`] | streams, bucket and consumers, declared idempotently by every service |
-//! | [`store`] | request records and their index keys, changed only by compare-and-set; steps the state machine |
-//! | [`atomic`] | several keys as one durable write (atomic batch publish) |
+//! | [`store`] | request records and the index keys that find them, changed only by compare-and-set; steps the state machine |
 //! | [`direct`] | batched direct reads by subject: index listings and one request's events |
 //! | [`audit`] | one request's events from `TARS_EVENTS`, read subject by subject |
 //! | [`publish`] | events to `TARS_EVENTS`, acked, with `Nats-Msg-Id` |
@@ -16,7 +15,6 @@
 //! | [`service`] | a worker process's start-up and shutdown sequence |
 //! | [`config`] | the settings every process and every worker shares |
 
-pub mod atomic;
 pub mod audit;
 pub mod config;
 pub mod direct;

@@ -7,6 +7,10 @@
 //! nothing is found by scanning, and nothing waits in memory. Each event is published with
 //! its own `Nats-Msg-Id`, so a revision seen twice publishes once.
 //!
+//! It also finishes what a request that left `pending` may have left behind (the writer
+//! does this at once; a crash between its writes is repaired here): the requester's
+//! open-index entry and the `s.pending` index key.
+//!
 //! Every TARS process runs one relay on the same durable consumer; they share the work.
 
 use std::time::Duration;
@@ -14,11 +18,13 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
 use tars_domain::RequestRecord;
+use tars_domain::events::Event;
 use tars_observability::trace::{self, TraceContext};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::publish::EventPublisher;
+use crate::store::RequestStore;
 use crate::topology::Topology;
 
 /// The relay's durable consumer on the bucket's stream.
@@ -53,10 +59,17 @@ pub fn consumer_config(
 enum RelayError {
     #[error(transparent)]
     Publish(#[from] crate::publish::PublishError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
 }
 
-/// Publishes the outbox of one revision; `Err` leaves the revision to be redelivered.
-async fn relay_one(publisher: &EventPublisher, msg: &jetstream::Message) -> Result<(), RelayError> {
+/// Publishes the outbox of one revision and repairs what leaving `pending` may have left;
+/// `Err` leaves the revision to be redelivered.
+async fn relay_one(
+    publisher: &EventPublisher,
+    store: &RequestStore,
+    msg: &jetstream::Message,
+) -> Result<(), RelayError> {
     // A deleted or purged key has no payload and nothing to announce.
     if msg.payload.is_empty() {
         return Ok(());
@@ -68,6 +81,18 @@ async fn relay_one(publisher: &EventPublisher, msg: &jetstream::Message) -> Resu
             return Ok(());
         }
     };
+    let left_pending = revision.outbox.iter().any(|o| {
+        matches!(
+            o.envelope.event,
+            Event::RequestApproved { .. }
+                | Event::RequestDenied { .. }
+                | Event::RequestCancelled {}
+                | Event::RequestExpired {}
+        )
+    });
+    if left_pending {
+        store.forget_if_settled(&revision).await?;
+    }
     for out in revision.outbox {
         let ctx = TraceContext::from_header(out.traceparent.as_deref());
         let span = tracing::info_span!(
@@ -83,7 +108,12 @@ async fn relay_one(publisher: &EventPublisher, msg: &jetstream::Message) -> Resu
 }
 
 /// Relays until `shutdown`; a pull or publish failure (NATS away) is retried.
-pub async fn run(topology: Topology, publisher: EventPublisher, shutdown: CancellationToken) {
+pub async fn run(
+    topology: Topology,
+    publisher: EventPublisher,
+    metrics: tars_observability::metrics::Metrics,
+    shutdown: CancellationToken,
+) {
     let consumer: consumer::PullConsumer = match topology
         .requests
         .stream
@@ -96,6 +126,7 @@ pub async fn run(topology: Topology, publisher: EventPublisher, shutdown: Cancel
             return;
         }
     };
+    let store = RequestStore::new(&topology, &metrics);
     while !shutdown.is_cancelled() {
         let batch = tokio::select! {
             b = consumer.batch().max_messages(BATCH).expires(Duration::from_secs(2)).messages() => b,
@@ -115,7 +146,7 @@ pub async fn run(topology: Topology, publisher: EventPublisher, shutdown: Cancel
         // published rather than left to wait for its ack timer.
         while let Some(next) = batch.next().await {
             let Ok(msg) = next else { break };
-            let settle = match relay_one(&publisher, &msg).await {
+            let settle = match relay_one(&publisher, &store, &msg).await {
                 Ok(()) => {
                     fail::fail_point!("relay.after_publish");
                     AckKind::Ack

@@ -90,6 +90,7 @@ pub async fn run_worker<H: Handler>(
     let relay = tokio::spawn(crate::relay::run(
         conn.topology.clone(),
         crate::publish::EventPublisher::new(conn.topology.js.clone(), conn.metrics.clone()),
+        conn.metrics.clone(),
         shutdown.clone(),
     ));
     let result = worker::run(

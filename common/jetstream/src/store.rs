@@ -10,9 +10,11 @@
 //! "one open request per (requester, tenant, permission)" and the per-user cap one
 //! compare-and-set. Three kinds of empty index keys name records: `u.<user>.<id>` (by
 //! requester), `s.<status>.<id>` (by status) and `f.<yyyymmdd>.<id>` (finished that day, for
-//! retention). A change of status writes the record and its index keys as one atomic
-//! batch ([`crate::atomic`]), so no crash leaves them disagreeing; a change that keeps the
-//! status (a Slack reference, a lease) is a plain compare-and-set of the record.
+//! retention). They are written *before* the change they describe and removed after it,
+//! so a crash can leave a key naming a change that never happened, never a change that
+//! no key names; readers check the record and remove keys that can never be right
+//! again (see [`RequestStatus::may_reach`]). A change that keeps the status (a Slack
+//! reference, a lease) is one compare-and-set of the record.
 //!
 //! Listing reads index keys with batched direct gets ([`crate::direct`]) filtered by
 //! subject prefix: the cost of a call is the number of keys under that prefix (one user's
@@ -27,7 +29,6 @@ use tars_domain::machine::{self, Command, Policy, Refusal, Step};
 use tars_domain::{Permission, RequestId, RequestRecord, RequestStatus, TenantName, Username};
 use tars_observability::metrics::Metrics;
 
-use crate::atomic::{self, BatchError, Expect, Write};
 use crate::direct::DirectReader;
 use crate::topology::{REQUESTS_BUCKET, Topology};
 
@@ -179,42 +180,33 @@ fn json<T: serde::Serialize>(key: &str, value: &T) -> Result<Bytes, StoreError> 
         })
 }
 
-/// The index writes that go with a record changing from `before` (`None`: created) to
-/// `after` on `day`: the status index follows the status, the requester index is written
-/// once, and a request that reached a final status is filed under the day it finished.
-fn index_writes(
+/// The index keys written before a record changes from `before` (`None`: created) to
+/// `after` on `day`: the key of the new status, the requester's key at creation, and the
+/// day key of a request reaching a final status. Written first, a key may name a change
+/// that then lost its race (or a record a crash never wrote): readers check the record,
+/// and repair keys that can never be right again.
+fn keys_before(
     before: Option<&RequestRecord>,
     after: &RequestRecord,
     day: time::Date,
-) -> Vec<Write> {
+) -> Vec<String> {
     let id = &after.request_id;
     let mut out = Vec::new();
     if before.map(|b| b.status) != Some(after.status) {
-        out.push(Write::put(
-            keys::status(after.status, id),
-            Bytes::new(),
-            Expect::Any,
-        ));
-        if let Some(b) = before {
-            out.push(Write::remove(keys::status(b.status, id)));
-        }
+        out.push(keys::status(after.status, id));
         if after.status.is_terminal() {
-            out.push(Write::put(
-                keys::finished(day, id),
-                Bytes::new(),
-                Expect::Any,
-            ));
+            out.push(keys::finished(day, id));
         }
     }
     if before.is_none() {
-        out.push(Write::put(
-            keys::requester(&after.requester, id),
-            Bytes::new(),
-            Expect::Any,
-        ));
+        out.push(keys::requester(&after.requester, id));
     }
     out
 }
+
+/// How long after its id was made a request's record must exist: an index key naming
+/// a record that is still missing by then belongs to a submission that crashed.
+const RECORD_GRACE: time::Duration = time::Duration::minutes(1);
 
 /// The ids in index keys under one prefix, newest first (request ids sort by creation).
 fn ids_of(keys: impl IntoIterator<Item = String>) -> Vec<RequestId> {
@@ -304,44 +296,64 @@ impl RequestStore {
         crate::retry::ride_out("KV write", write, StoreError::is_transient).await
     }
 
-    /// Commits `writes` as one atomic batch; `Ok(None)` when a condition failed (somebody
-    /// wrote first, or a lost ack hid our own commit: the caller re-reads either way).
-    async fn commit(&self, writes: &[Write]) -> Result<Option<Vec<u64>>, StoreError> {
-        let call = || async {
-            match atomic::commit(&self.js, &self.prefix, writes).await {
-                Ok(revs) => Ok(Some(revs)),
-                Err(BatchError::Conflict) => Ok(None),
-                Err(BatchError::Unavailable(e)) => Err(StoreError::Unavailable(e)),
-            }
-        };
-        crate::retry::ride_out("KV batch", call, StoreError::is_transient).await
+    /// Writes the empty index keys `keys`, all at once.
+    async fn put_keys(&self, keys: &[String]) -> Result<(), StoreError> {
+        let puts = keys.iter().map(|key| {
+            crate::retry::ride_out(
+                "KV index write",
+                || async {
+                    self.kv
+                        .put(key.as_str(), Bytes::new())
+                        .await
+                        .map_err(unavailable)
+                },
+                StoreError::is_transient,
+            )
+        });
+        for put in futures::future::join_all(puts).await {
+            put?;
+        }
+        Ok(())
     }
 
-    /// Opens a new request: the requester's open index (still at `index_revision`, `None`:
-    /// absent) becomes `index`, and the record and its index keys are created, all in one
-    /// durable write. `Ok(false)`: the index changed meanwhile, or the id exists; nothing
-    /// was written.
-    pub async fn open(
-        &self,
-        record: &RequestRecord,
-        index: &OpenIndex,
-        index_revision: Option<u64>,
-    ) -> Result<bool, StoreError> {
-        let open_key = keys::open(&record.requester);
-        let mut writes = vec![
-            Write::put(
-                open_key.clone(),
-                json(&open_key, index)?,
-                index_revision.map_or(Expect::Absent, Expect::Revision),
-            ),
-            Write::put(
-                keys::record(&record.request_id),
-                json(record.request_id.as_str(), record)?,
-                Expect::Absent,
-            ),
-        ];
-        writes.extend(index_writes(None, record, record.created_at.date()));
-        Ok(self.commit(&writes).await?.is_some())
+    /// Removes every value of `key`, leaving a purge marker that itself vanishes after a
+    /// second (`Nats-TTL`), so removed index keys cost later listings nothing.
+    async fn purge(&self, key: &str) -> Result<(), StoreError> {
+        let subject = format!("{}{key}", self.prefix);
+        let call = || async {
+            let mut h = async_nats::HeaderMap::new();
+            h.insert("KV-Operation", "PURGE");
+            h.insert("Nats-Rollup", "sub");
+            h.insert("Nats-TTL", "1s");
+            self.js
+                .publish_with_headers(subject.clone(), h, Bytes::new())
+                .await
+                .map_err(unavailable)?
+                .await
+                .map_err(unavailable)
+                .map(|_| ())
+        };
+        crate::retry::ride_out("KV purge", call, StoreError::is_transient).await
+    }
+
+    /// Creates a request: its index keys first, then the record (create-only). `Ok(false)`
+    /// if a record with that id already exists.
+    pub async fn create(&self, record: &RequestRecord) -> Result<bool, StoreError> {
+        self.put_keys(&keys_before(None, record, record.created_at.date()))
+            .await?;
+        fail::fail_point!("store.after_index_keys", |_| Err(StoreError::Unavailable(
+            "fail point store.after_index_keys".into()
+        )));
+        let bytes = json(record.request_id.as_str(), record)?;
+        let key = keys::record(&record.request_id);
+        let create = || async {
+            match self.kv.create(key.as_str(), bytes.clone()).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(unavailable(e)),
+            }
+        };
+        crate::retry::ride_out("KV create", create, StoreError::is_transient).await
     }
 
     /// The current record, if any.
@@ -354,9 +366,12 @@ impl RequestStore {
 
     /// Applies `f` to the current record and writes it back with compare-and-set,
     /// re-reading and re-applying on conflict. `f` must be a pure decision on the record
-    /// it is given, because it may run several times. A change of status also moves the
-    /// record's index keys, and a request leaving `pending` leaves its requester's open
-    /// index, in the same atomic write.
+    /// it is given, because it may run several times.
+    ///
+    /// A change of status writes the new status's index keys first, then the record, then
+    /// removes the old status's key and (leaving `pending`) the requester's open-index
+    /// entry. Those two follow-ups are repairs if they fail: the relay makes them again for
+    /// every revision that left `pending`, and readers drop keys that can never be right.
     pub async fn modify<R>(
         &self,
         id: &RequestId,
@@ -375,57 +390,43 @@ impl RequestStore {
                 Change::Keep(r) => return Ok((r, current)),
                 Change::Write(r) => r,
             };
-            let written = if next.status == current.value.status {
-                self.update(&keys::record(id), &next, current.revision)
-                    .await?
-            } else {
-                self.move_status(&current, &next).await?
-            };
-            if let Some(revision) = written {
-                return Ok((
-                    r,
-                    Versioned {
-                        value: next,
-                        revision,
-                    },
-                ));
+            let moved = next.status != current.value.status;
+            if moved {
+                self.put_keys(&keys_before(
+                    Some(&current.value),
+                    &next,
+                    next.updated_at.date(),
+                ))
+                .await?;
+                fail::fail_point!("store.after_index_keys", |_| Err(StoreError::Unavailable(
+                    "fail point store.after_index_keys".into()
+                )));
             }
+            let Some(revision) = self
+                .update(&keys::record(id), &next, current.revision)
+                .await?
+            else {
+                continue;
+            };
+            if moved {
+                if let Err(e) = self.purge(&keys::status(current.value.status, id)).await {
+                    tracing::warn!(error = %e, request_id = %id, "left a stale status key");
+                }
+                if current.value.status == RequestStatus::Pending
+                    && let Err(e) = self.close_open(&next).await
+                {
+                    tracing::warn!(error = %e, request_id = %id, "left a stale open-index entry");
+                }
+            }
+            return Ok((
+                r,
+                Versioned {
+                    value: next,
+                    revision,
+                },
+            ));
         }
         Err(StoreError::Contention(id.to_string()))
-    }
-
-    /// Writes `next` over `current` with its index keys; `Ok(None)` on a lost race.
-    async fn move_status(
-        &self,
-        current: &Versioned<RequestRecord>,
-        next: &RequestRecord,
-    ) -> Result<Option<u64>, StoreError> {
-        let key = keys::record(&next.request_id);
-        let mut writes = vec![Write::put(
-            key.clone(),
-            json(&key, next)?,
-            Expect::Revision(current.revision),
-        )];
-        writes.extend(index_writes(
-            Some(&current.value),
-            next,
-            next.updated_at.date(),
-        ));
-        if current.value.status == RequestStatus::Pending {
-            let slot = open_slot(&next.tenant_name, next.permission);
-            if let Some(mut idx) = self.open_index(&next.requester).await?
-                && idx.value.get(&slot) == Some(&next.request_id)
-            {
-                idx.value.remove(&slot);
-                let open_key = keys::open(&next.requester);
-                writes.push(Write::put(
-                    open_key.clone(),
-                    json(&open_key, &idx.value)?,
-                    Expect::Revision(idx.revision),
-                ));
-            }
-        }
-        Ok(self.commit(&writes).await?.map(|revs| revs[0]))
     }
 
     /// Steps the state machine on the stored record: load, [`machine::step`], write with
@@ -463,6 +464,18 @@ impl RequestStore {
         }))
     }
 
+    /// Finishes what a request that left `pending` may have left behind: its requester's
+    /// open-index entry and its `s.pending` key. The relay calls it for every such
+    /// revision; the expiry sweep for a pending key whose request was decided.
+    pub async fn forget_if_settled(&self, record: &RequestRecord) -> Result<(), StoreError> {
+        if record.status == RequestStatus::Pending {
+            return Ok(());
+        }
+        self.close_open(record).await?;
+        self.purge(&keys::status(RequestStatus::Pending, &record.request_id))
+            .await
+    }
+
     /// The open index of `user`.
     pub async fn open_index(
         &self,
@@ -471,19 +484,53 @@ impl RequestStore {
         self.read(&keys::open(user)).await
     }
 
-    /// Replaces the open index of `user` if it is still at `revision`; `Ok(false)` on a
-    /// conflict, so the caller re-reads and decides again. Used to drop an entry naming a
-    /// request that is no longer pending (written by an older version of TARS).
+    /// Replaces the open index of `user` if it is still at `revision` (`None`: it must not
+    /// exist yet); `Ok(false)` on a conflict, so the caller re-reads and decides again.
     pub async fn write_open_index(
         &self,
         user: &Username,
         index: &OpenIndex,
-        revision: u64,
+        revision: Option<u64>,
     ) -> Result<bool, StoreError> {
-        Ok(self
-            .update(&keys::open(user), index, revision)
-            .await?
-            .is_some())
+        let key = keys::open(user);
+        match revision {
+            Some(rev) => Ok(self.update(&key, index, rev).await?.is_some()),
+            None => {
+                let bytes = json(&key, index)?;
+                let create = || async {
+                    match self.kv.create(key.as_str(), bytes.clone()).await {
+                        Ok(_) => Ok(true),
+                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                        Err(e) => Err(unavailable(e)),
+                    }
+                };
+                crate::retry::ride_out("KV create", create, StoreError::is_transient).await
+            }
+        }
+    }
+
+    /// Removes a request that left `pending` from its requester's open index.
+    pub async fn close_open(&self, record: &RequestRecord) -> Result<(), StoreError> {
+        fail::fail_point!("store.close_open", |_| Err(StoreError::Unavailable(
+            "fail point store.close_open".into()
+        )));
+        let slot = open_slot(&record.tenant_name, record.permission);
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some(mut idx) = self.open_index(&record.requester).await? else {
+                return Ok(());
+            };
+            if idx.value.get(&slot) != Some(&record.request_id) {
+                return Ok(());
+            }
+            idx.value.remove(&slot);
+            if self
+                .write_open_index(&record.requester, &idx.value, Some(idx.revision))
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Contention(keys::open(&record.requester)))
     }
 
     /// The keys under `prefix` (a removed key is not listed), with a flag saying the
@@ -528,8 +575,21 @@ impl RequestStore {
         ))
     }
 
+    /// Removes an index key whose request was never written (its submission crashed),
+    /// once the grace for writing it has passed.
+    async fn drop_orphan(&self, key: &str, id: &RequestId) -> Result<(), StoreError> {
+        if id
+            .created_at()
+            .is_some_and(|t| tars_domain::now() - t > RECORD_GRACE)
+        {
+            self.purge(key).await?;
+        }
+        Ok(())
+    }
+
     /// The ids of every pending request, from the status index: finding them never reads
-    /// a decided request.
+    /// a decided request. An id may belong to a request that has just been decided (its
+    /// key is removed right after); the caller reads the record before acting.
     pub async fn pending(&self) -> Result<Vec<RequestId>, StoreError> {
         let (keys, _) = self
             .index(&keys::status_prefix(RequestStatus::Pending))
@@ -537,9 +597,23 @@ impl RequestStore {
         Ok(ids_of(keys))
     }
 
+    /// Repairs the `s.pending` key of `id` when its record says otherwise: removes it if
+    /// the request left `pending` (with its open-index entry) or was never written.
+    pub async fn repair_pending(&self, id: &RequestId) -> Result<(), StoreError> {
+        match self.get(id).await? {
+            Some(v) => self.forget_if_settled(&v.value).await,
+            None => {
+                self.drop_orphan(&keys::status(RequestStatus::Pending, id), id)
+                    .await
+            }
+        }
+    }
+
     /// A page of records, newest first, older than `cursor`: those of `requester` when
     /// given (optionally only in `status`), else those in `status`, else those not
     /// finished (pending, approved, applied, failed: the current state, never history).
+    /// Every record is read, so a key that names a change that never happened is not
+    /// listed, and one that can never be right again is removed.
     pub async fn list(
         &self,
         requester: Option<&Username>,
@@ -556,23 +630,45 @@ impl RequestStore {
                 .map(keys::status_prefix)
                 .collect(),
         };
-        let mut keys = Vec::new();
+        let mut found: Vec<(RequestId, String)> = Vec::new();
         for prefix in &prefixes {
-            keys.extend(self.index(prefix).await?.0);
+            for key in self.index(prefix).await?.0 {
+                if let Some(id) = ids_of([key.clone()]).pop()
+                    && cursor.is_none_or(|c| &id < c)
+                {
+                    found.push((id, key));
+                }
+            }
         }
-        let ids: Vec<RequestId> = ids_of(keys)
-            .into_iter()
-            .filter(|id| cursor.is_none_or(|c| id < c))
-            .collect();
-        let mut records = Vec::new();
-        // Read in chunks of one page: a status filter within one user's requests may skip
-        // some, and the page is cut at `limit` + 1 to know whether there is more.
-        for chunk in ids.chunks((limit + 1).min(32)) {
-            let reads = futures::future::join_all(chunk.iter().map(|id| self.get(id))).await;
-            for read in reads {
-                if let Some(v) = read?
-                    && status.is_none_or(|s| v.value.status == s)
+        found.sort_by(|a, b| b.0.cmp(&a.0));
+        found.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+        let mut records: Vec<RequestRecord> = Vec::new();
+        // Read in chunks: a filter may skip some, and the page is cut at `limit` + 1 to
+        // know whether there is more.
+        for chunk in found.chunks((limit + 1).min(32)) {
+            let reads = futures::future::join_all(chunk.iter().map(|(id, _)| self.get(id))).await;
+            for ((id, key), read) in chunk.iter().zip(reads) {
+                let Some(v) = read? else {
+                    self.drop_orphan(key, id).await?;
+                    continue;
+                };
+                let keyed = key
+                    .strip_prefix("s.")
+                    .and_then(|k| k.split('.').next())
+                    .and_then(|s| s.parse::<RequestStatus>().ok());
+                if let Some(k) = keyed
+                    && k != v.value.status
+                {
+                    if !v.value.status.may_reach(k) {
+                        self.purge(key).await?;
+                    }
+                    continue;
+                }
+                if status.is_none_or(|s| v.value.status == s)
                     && requester.is_none_or(|u| &v.value.requester == u)
+                    && records
+                        .last()
+                        .is_none_or(|r| r.request_id != v.value.request_id)
                 {
                     records.push(v.value);
                 }
@@ -635,28 +731,21 @@ impl RequestStore {
         Ok(removed)
     }
 
-    /// Removes one finished record and its index keys; `false` if it was already gone.
+    /// Removes one finished record and its index keys, the day key last so that a sweep
+    /// stopped half way finds the record again; `false` if it was gone (or not final: a
+    /// day key written for a change that lost its race).
     async fn remove(&self, id: &RequestId, day: time::Date) -> Result<bool, StoreError> {
-        let Some(v) = self.get(id).await? else {
-            self.commit(&[Write::remove(keys::finished(day, id))])
-                .await?;
-            return Ok(false);
+        let gone = match self.get(id).await? {
+            Some(v) if v.value.status.is_terminal() => {
+                let rec = &v.value;
+                self.purge(&keys::requester(&rec.requester, id)).await?;
+                self.purge(&keys::status(rec.status, id)).await?;
+                self.purge(&keys::record(id)).await?;
+                true
+            }
+            _ => false,
         };
-        let rec = &v.value;
-        let mut writes = vec![
-            Write {
-                expect: Expect::Revision(v.revision),
-                ..Write::remove(keys::record(id))
-            },
-            Write::remove(keys::requester(&rec.requester, id)),
-            Write::remove(keys::status(rec.status, id)),
-            Write::remove(keys::finished(day, id)),
-        ];
-        if !rec.status.is_terminal() {
-            // Not finished after all (cannot happen: final statuses never change); keep it.
-            writes.truncate(0);
-            writes.push(Write::remove(keys::finished(day, id)));
-        }
-        Ok(self.commit(&writes).await?.is_some() && rec.status.is_terminal())
+        self.purge(&keys::finished(day, id)).await?;
+        Ok(gone)
     }
 }

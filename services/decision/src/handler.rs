@@ -111,9 +111,13 @@ impl Worker {
                     expired += 1;
                     self.metrics.requests.with_label_values(&["expired"]).inc();
                 }
-                // Decided meanwhile, or not due after all.
+                // Decided meanwhile: its pending key (or open-index entry) outlived the
+                // decision; remove them.
+                Ok(Err(Refusal::Settled { .. })) => self.store.repair_pending(&id).await?,
+                // Not due after all.
                 Ok(_) => {}
-                Err(StoreError::NotFound(_)) => {}
+                // A key whose record a crashed submission never wrote.
+                Err(StoreError::NotFound(_)) => self.store.repair_pending(&id).await?,
                 Err(e) => return Err(e),
             }
         }

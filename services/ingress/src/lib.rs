@@ -205,6 +205,8 @@ pub fn parse_approvers(s: &str) -> Result<HashMap<String, Username>, ConfigError
 /// A bound, ready-to-serve ingress.
 pub struct Application {
     listener: tokio::net::TcpListener,
+    /// The process's metrics (the relay counts its store reads here).
+    metrics: Metrics,
     /// The separate probe listener (`METRICS_ADDR`), when set.
     probes: Option<(tokio::net::TcpListener, tars_observability::health::Probe)>,
     router: Router,
@@ -327,6 +329,7 @@ impl Application {
         let public_metrics = probes.is_none();
         Ok(Self {
             listener,
+            metrics: state.metrics.clone(),
             probes,
             relay: (state.topology.clone(), state.publisher.clone()),
             router: router(state, args.request_timeout, public_metrics),
@@ -355,6 +358,7 @@ impl Application {
         let relay = tokio::spawn(tars_jetstream::relay::run(
             topology,
             publisher,
+            self.metrics,
             stop_relay.clone(),
         ));
         let probes = self.probes.map(|(listener, probe)| {

@@ -58,10 +58,12 @@ fn answer(r: &RequestRecord, message: String) -> SubmitAnswer {
 
 /// `POST /requests` and `/requests/`.
 ///
-/// One durable write: the requester's open index (compare-and-set: this is where
-/// concurrent duplicates lose), the record with `request.submitted` in its outbox, and its
-/// index keys, as one atomic batch. A failure answers 503 and leaves nothing behind; the
-/// relay publishes the event from the record, so nothing is lost once this answered 2xx.
+/// Order of writes, each safe to repeat: (1) the requester's open index gets the new id by
+/// compare-and-set (where concurrent duplicates lose), (2) the index keys of the new
+/// request, (3) the record, create-only, with `request.submitted` in its outbox (the relay
+/// publishes it). A failure after (1) or (2) answers 503; the client's retry finds the id
+/// in the open index and creates the record under it, so nothing is lost or stuck, and
+/// once this answered 2xx the request reaches the approvers without any retry.
 pub async fn submit(
     State(st): State<AppState>,
     Caller(user): Caller,
@@ -110,14 +112,19 @@ pub async fn submit(
                     let msg = already_open(&rec.value);
                     return Ok((StatusCode::OK, Json(answer(&rec.value, msg))).into_response());
                 }
-                _ => {
-                    // An entry an older TARS left behind (its request left pending, or its
-                    // record was never written): drop it and decide again.
+                Some(_) => {
+                    // Stale entry: that request already left pending (the writer's
+                    // removal failed; the relay would remove it too).
                     open.remove(&slot);
-                    if let Some(rev) = revision {
-                        st.store.write_open_index(&requester, &open, rev).await?;
-                    }
+                    st.store
+                        .write_open_index(&requester, &open, revision)
+                        .await?;
                     continue;
+                }
+                None => {
+                    // The index names an id whose record a crashed submission never
+                    // wrote: finish it under that id.
+                    return create(&st, new_request(id)).await;
                 }
             }
         }
@@ -142,27 +149,45 @@ pub async fn submit(
         }
         let id = RequestId::new();
         open.insert(slot.clone(), id.clone());
-        let step = new_request(id);
-        super::name_request(&step.record.request_id);
-        let at = step.record.created_at;
-        let trace = tars_observability::trace::current().map(|t| t.child().header());
-        let (record, _) = step.into_outbox(0, at, trace);
-        if st.store.open(&record, &open, revision).await? {
-            fail::fail_point!("submit.after_write");
-            st.metrics.requests.with_label_values(&["pending"]).inc();
-            let msg = format!(
-                "Request {} for {} access to {} submitted; an approver has been notified. \
-                 Follow it with GET /requests/{}.",
-                record.request_id, record.permission, record.tenant_name, record.request_id
-            );
-            return Ok((StatusCode::ACCEPTED, Json(answer(&record, msg))).into_response());
+        if st
+            .store
+            .write_open_index(&requester, &open, revision)
+            .await?
+        {
+            fail::fail_point!("submit.after_index");
+            return create(&st, new_request(id)).await;
         }
-        // The index changed meanwhile (a concurrent submission, or our own commit whose
-        // ack was lost): read it again and decide again.
     }
     Err(ApiError::unavailable(
         "too many concurrent submissions; try again",
     ))
+}
+
+/// Creates the record of a new request (its index keys, then the record with
+/// `request.submitted` in its outbox: the relay publishes it) and answers 202; a record
+/// created first by a concurrent retry makes this one a repeat.
+async fn create(st: &AppState, step: machine::Step) -> Result<Response, ApiError> {
+    super::name_request(&step.record.request_id);
+    let at = step.record.created_at;
+    let trace = tars_observability::trace::current().map(|t| t.child().header());
+    let (record, _) = step.into_outbox(0, at, trace);
+    if !st.store.create(&record).await? {
+        let rec = st
+            .store
+            .get(&record.request_id)
+            .await?
+            .map(|v| v.value)
+            .ok_or_else(|| ApiError::unavailable("request store inconsistent; try again"))?;
+        return Ok((StatusCode::OK, Json(answer(&rec, already_open(&rec)))).into_response());
+    }
+    fail::fail_point!("submit.after_write");
+    st.metrics.requests.with_label_values(&["pending"]).inc();
+    let msg = format!(
+        "Request {} for {} access to {} submitted; an approver has been notified. \
+         Follow it with GET /requests/{}.",
+        record.request_id, record.permission, record.tenant_name, record.request_id
+    );
+    Ok((StatusCode::ACCEPTED, Json(answer(&record, msg))).into_response())
 }
 
 /// The message of a repeated submission.
