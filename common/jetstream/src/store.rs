@@ -84,6 +84,11 @@ pub mod keys {
         format!("{}{id}", status_prefix(status))
     }
 
+    /// The status a status-index key files its request under.
+    pub fn status_of(key: &str) -> Option<RequestStatus> {
+        key.strip_prefix("s.")?.split('.').next()?.parse().ok()
+    }
+
     /// The prefix of the requests finished on `day`.
     pub fn finished_prefix(day: time::Date) -> String {
         format!(
@@ -208,11 +213,18 @@ fn keys_before(
 /// a record that is still missing by then belongs to a submission that crashed.
 const RECORD_GRACE: time::Duration = time::Duration::minutes(1);
 
+/// The request an index key names (its last token).
+fn id_of(key: &str) -> Option<RequestId> {
+    key.rsplit('.')
+        .next()
+        .and_then(|t| RequestId::parse(t).ok())
+}
+
 /// The ids in index keys under one prefix, newest first (request ids sort by creation).
 fn ids_of(keys: impl IntoIterator<Item = String>) -> Vec<RequestId> {
     let mut ids: Vec<RequestId> = keys
         .into_iter()
-        .filter_map(|k| k.rsplit('.').next().and_then(|t| RequestId::parse(t).ok()))
+        .filter_map(|k| id_of(&k))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
@@ -277,20 +289,27 @@ impl RequestStore {
         }))
     }
 
-    /// Writes `value` if the key is still at `revision`. `Ok(None)` means somebody else
-    /// wrote first.
-    async fn update<T: serde::Serialize>(
+    /// Writes `value` if the key is still at `revision` (`None`: the key must not exist,
+    /// or be deleted). `Ok(None)` means somebody else wrote first.
+    async fn write_if<T: serde::Serialize>(
         &self,
         key: &str,
         value: &T,
-        revision: u64,
+        revision: Option<u64>,
     ) -> Result<Option<u64>, StoreError> {
         let bytes = json(key, value)?;
         let write = || async {
-            match self.kv.update(key, bytes.clone(), revision).await {
-                Ok(r) => Ok(Some(r)),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
-                Err(e) => Err(unavailable(e)),
+            match revision {
+                Some(rev) => match self.kv.update(key, bytes.clone(), rev).await {
+                    Ok(r) => Ok(Some(r)),
+                    Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+                    Err(e) => Err(unavailable(e)),
+                },
+                None => match self.kv.create(key, bytes.clone()).await {
+                    Ok(r) => Ok(Some(r)),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
+                    Err(e) => Err(unavailable(e)),
+                },
             }
         };
         crate::retry::ride_out("KV write", write, StoreError::is_transient).await
@@ -344,16 +363,10 @@ impl RequestStore {
         fail::fail_point!("store.after_index_keys", |_| Err(StoreError::Unavailable(
             "fail point store.after_index_keys".into()
         )));
-        let bytes = json(record.request_id.as_str(), record)?;
-        let key = keys::record(&record.request_id);
-        let create = || async {
-            match self.kv.create(key.as_str(), bytes.clone()).await {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
-                Err(e) => Err(unavailable(e)),
-            }
-        };
-        crate::retry::ride_out("KV create", create, StoreError::is_transient).await
+        Ok(self
+            .write_if(&keys::record(&record.request_id), record, None)
+            .await?
+            .is_some())
     }
 
     /// The current record, if any.
@@ -403,7 +416,7 @@ impl RequestStore {
                 )));
             }
             let Some(revision) = self
-                .update(&keys::record(id), &next, current.revision)
+                .write_if(&keys::record(id), &next, Some(current.revision))
                 .await?
             else {
                 continue;
@@ -472,8 +485,24 @@ impl RequestStore {
             return Ok(());
         }
         self.close_open(record).await?;
-        self.purge(&keys::status(RequestStatus::Pending, &record.request_id))
-            .await
+        // Usually the writer removed it already: a read is cheaper than a second purge.
+        let key = keys::status(RequestStatus::Pending, &record.request_id);
+        if self.holds(&key).await? {
+            self.purge(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `key` holds a value now.
+    async fn holds(&self, key: &str) -> Result<bool, StoreError> {
+        self.count("index_entry", 1);
+        let entry = crate::retry::ride_out(
+            "KV read",
+            || async { self.kv.entry(key).await.map_err(unavailable) },
+            StoreError::is_transient,
+        )
+        .await?;
+        Ok(entry.is_some_and(|e| e.operation == kv::Operation::Put))
     }
 
     /// The open index of `user`.
@@ -492,21 +521,10 @@ impl RequestStore {
         index: &OpenIndex,
         revision: Option<u64>,
     ) -> Result<bool, StoreError> {
-        let key = keys::open(user);
-        match revision {
-            Some(rev) => Ok(self.update(&key, index, rev).await?.is_some()),
-            None => {
-                let bytes = json(&key, index)?;
-                let create = || async {
-                    match self.kv.create(key.as_str(), bytes.clone()).await {
-                        Ok(_) => Ok(true),
-                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
-                        Err(e) => Err(unavailable(e)),
-                    }
-                };
-                crate::retry::ride_out("KV create", create, StoreError::is_transient).await
-            }
-        }
+        Ok(self
+            .write_if(&keys::open(user), index, revision)
+            .await?
+            .is_some())
     }
 
     /// Removes a request that left `pending` from its requester's open index.
@@ -633,15 +651,16 @@ impl RequestStore {
         let mut found: Vec<(RequestId, String)> = Vec::new();
         for prefix in &prefixes {
             for key in self.index(prefix).await?.0 {
-                if let Some(id) = ids_of([key.clone()]).pop()
+                if let Some(id) = id_of(&key)
                     && cursor.is_none_or(|c| &id < c)
                 {
                     found.push((id, key));
                 }
             }
         }
+        // Newest first; one id may stand under two status keys (one written ahead of a
+        // change), and is listed once.
         found.sort_by(|a, b| b.0.cmp(&a.0));
-        found.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
         let mut records: Vec<RequestRecord> = Vec::new();
         // Read in chunks: a filter may skip some, and the page is cut at `limit` + 1 to
         // know whether there is more.
@@ -652,11 +671,7 @@ impl RequestStore {
                     self.drop_orphan(key, id).await?;
                     continue;
                 };
-                let keyed = key
-                    .strip_prefix("s.")
-                    .and_then(|k| k.split('.').next())
-                    .and_then(|s| s.parse::<RequestStatus>().ok());
-                if let Some(k) = keyed
+                if let Some(k) = keys::status_of(key)
                     && k != v.value.status
                 {
                     if !v.value.status.may_reach(k) {
@@ -708,17 +723,9 @@ impl RequestStore {
                 removed += usize::from(self.remove(&id, day).await?);
             }
             let Some(next) = day.next_day() else { break };
-            let written = match revision {
-                Some(rev) => self.update(keys::RETENTION_CURSOR, &next, rev).await?,
-                None => {
-                    let bytes = json(keys::RETENTION_CURSOR, &next)?;
-                    match self.kv.create(keys::RETENTION_CURSOR, bytes).await {
-                        Ok(rev) => Some(rev),
-                        Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => None,
-                        Err(e) => return Err(unavailable(e)),
-                    }
-                }
-            };
+            let written = self
+                .write_if(keys::RETENTION_CURSOR, &next, revision)
+                .await?;
             match written {
                 Some(rev) => (day, revision) = (next, Some(rev)),
                 // Another replica swept meanwhile: carry on from where it is.
