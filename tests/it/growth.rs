@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tars_domain::machine::Policy;
 use tars_observability::metrics::Metrics;
-use tars_tests::seed_finished;
+use tars_tests::{seed_finished, seed_finished_by};
 
 use crate::stack::{Options, Stack, USER_TOKEN, common};
 
@@ -42,24 +42,28 @@ async fn reads_per_call(
     [listing, reading, sweeping]
 }
 
+/// A decision worker of `s`'s stack to call sweeps on, counting its reads in its own
+/// metrics (the policy's TTL is the default, 7 days).
+async fn sweeper(s: &Stack) -> (tars_decision::Worker, Metrics) {
+    let metrics = Metrics::new();
+    let conn = tars_jetstream::service::connect(
+        &common(&s.nats.server.url()),
+        "test-sweeper",
+        metrics.clone(),
+    )
+    .await
+    .unwrap();
+    (
+        tars_decision::Worker::new(&conn, Policy::default()),
+        metrics,
+    )
+}
+
 #[tokio::test]
 async fn calls_and_sweeps_read_the_same_with_50_000_finished_requests_as_with_1_000() {
     let s = Stack::start(Options::default()).await;
     let id = s.submit("flat", "read_only").await;
-    let sweep_metrics = Metrics::new();
-    let conn = tars_jetstream::service::connect(
-        &common(&s.nats.server.url()),
-        "test-sweeper",
-        sweep_metrics.clone(),
-    )
-    .await
-    .unwrap();
-    let sweeper = tars_decision::Worker::new(
-        &conn,
-        Policy {
-            request_ttl: Duration::from_secs(7 * 86_400),
-        },
-    );
+    let (sweeper, sweep_metrics) = sweeper(&s).await;
     let js = &s.nats.topology.js;
     seed_finished(js, "old", 1_000).await;
     let small = reads_per_call(&s, &sweeper, &sweep_metrics, &id).await;
@@ -87,15 +91,7 @@ async fn finished_requests_are_removed_after_the_retention_and_their_events_stay
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let metrics = Metrics::new();
-    let conn = tars_jetstream::service::connect(
-        &common(&s.nats.server.url()),
-        "test-sweeper",
-        metrics.clone(),
-    )
-    .await
-    .unwrap();
-    let sweeper = tars_decision::Worker::new(&conn, Policy::default());
+    let (sweeper, metrics) = sweeper(&s).await;
     let retention = Duration::from_secs(400 * 86_400);
     let day = Duration::from_secs(86_400);
     let now = tars_domain::now();
@@ -149,4 +145,37 @@ async fn finished_requests_are_removed_after_the_retention_and_their_events_stay
             .await,
         1
     );
+}
+
+#[tokio::test]
+async fn a_user_with_more_requests_than_one_direct_read_answers_pages_through_all() {
+    let s = Stack::start(Options::default()).await;
+    // Past the 1,024 subjects one `multi_last` answers: the listing falls back to paging.
+    seed_finished_by(&s.nats.topology.js, 1_100, |_| "alice".into()).await;
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let path = match &cursor {
+            Some(c) => format!("/requests?limit=500&cursor={c}"),
+            None => "/requests?limit=500".to_owned(),
+        };
+        let (status, page) = s.get(&path, Some(USER_TOKEN)).await;
+        assert_eq!(status, 200, "{page}");
+        seen.extend(
+            page["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["request_id"].as_str().unwrap().to_owned()),
+        );
+        match page["next"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 1_100);
+    let mut newest_first = seen.clone();
+    newest_first.sort_by(|a, b| b.cmp(a));
+    newest_first.dedup();
+    assert_eq!(seen, newest_first, "each once, newest first");
 }

@@ -30,6 +30,16 @@ where
 /// full speed with many publishes in flight: the history a year of use leaves behind,
 /// for tests and benchmarks that show a call's cost does not grow with it.
 pub async fn seed_finished(js: &async_nats::jetstream::Context, prefix: &str, n: usize) {
+    seed_finished_by(js, n, |i| format!("{prefix}{i}")).await;
+}
+
+/// Stores `n` finished (denied) requests, the `i`-th by user `user(i)` (see
+/// [`seed_finished`]).
+pub async fn seed_finished_by(
+    js: &async_nats::jetstream::Context,
+    n: usize,
+    user: impl Fn(usize) -> String,
+) {
     use futures::StreamExt;
     use tars_domain::events::Decision;
     use tars_domain::machine::{self, Command, Policy};
@@ -40,7 +50,7 @@ pub async fn seed_finished(js: &async_nats::jetstream::Context, prefix: &str, n:
     let tenant = TenantName::parse("seeded").expect("a valid tenant");
     let admin = Username::parse("seedadmin").expect("a valid username");
     let writes = (0..n).flat_map(|i| {
-        let user = Username::parse(&format!("{prefix}{i}")).expect("a valid username");
+        let user = Username::parse(&user(i)).expect("a valid username");
         let id = RequestId::new();
         let open = machine::submit(
             id.clone(),
