@@ -619,20 +619,21 @@ async fn bench_growth() {
         // The relay reads every record revision once: wait until it has read the seeded
         // ones (a year of history was relayed long ago), so the timings are steady state.
         let relay_started = Instant::now();
-        let mut relay: async_nats::jetstream::consumer::PullConsumer = js
+        let relay: async_nats::jetstream::consumer::PullConsumer = js
             .get_stream("KV_TARS_REQUESTS")
             .await
             .unwrap()
             .get_consumer("relay")
             .await
             .unwrap();
-        loop {
-            let info = relay.info().await.unwrap();
-            if info.num_pending == 0 && info.num_ack_pending == 0 {
-                break;
+        tars_tests::eventually(Duration::from_secs(120), "the relay caught up", || {
+            let mut relay = relay.clone();
+            async move {
+                let info = relay.info().await.ok()?;
+                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        })
+        .await;
         let relayed = relay_started.elapsed();
         let list_url = format!("{}/requests", s.base);
         let one_url = format!("{}/requests/{id}", s.base);
@@ -650,16 +651,38 @@ async fn bench_growth() {
             sweeps.push(t.elapsed());
         }
         sweeps.sort();
+        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
         let rss = match std::process::Command::new(&decision_bin)
             .env("NATS_URL", &url)
-            .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))
             .env("EXPIRY_SWEEP_INTERVAL", "1s")
             .env("LOG_LEVEL", "error")
             .spawn()
         {
             Ok(mut child) => {
-                // Long enough for start-up and several sweeps; RSS is read while it runs.
-                tokio::time::sleep(Duration::from_secs(5)).await;
+                // RSS after three sweeps (each sets the oldest-pending gauge, which grows
+                // by the sweep interval), read while the process runs.
+                let gauge = || async {
+                    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+                        .await
+                        .ok()?
+                        .text()
+                        .await
+                        .ok()?;
+                    text.lines()
+                        .find_map(|l| l.strip_prefix("tars_oldest_pending_request_seconds "))
+                        .and_then(|v| v.trim().parse::<f64>().ok())
+                        .filter(|v| *v > 0.0)
+                };
+                let first =
+                    tars_tests::eventually(Duration::from_secs(60), "a first sweep", gauge).await;
+                tars_tests::eventually(Duration::from_secs(60), "two more sweeps", || async {
+                    gauge().await.filter(|v| *v >= first + 2.0)
+                })
+                .await;
                 let rss = rss_mb(child.id());
                 let _ = child.kill();
                 let _ = child.wait();
