@@ -4,7 +4,7 @@ SHELL := /bin/bash
 NATS_SERVER_BIN := $(shell ./scripts/ensure-nats-server.sh)
 export NATS_SERVER_BIN
 
-.PHONY: run test lint bench fuzz-api nats-server
+.PHONY: run test lint deny bench fuzz-api nats-server
 
 ## run: the whole stack on this machine (nats-server, four services, Slack/KBase/governance stand-ins)
 run:
@@ -18,6 +18,10 @@ test:
 lint:
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+## deny: cargo-deny (licenses, bans, sources; advisories where GitHub is reachable)
+deny:
+	./scripts/deny.sh
 
 ## fuzz-api: schemathesis against a live ingress, from its /openapi.json (as a user and an admin)
 fuzz-api:

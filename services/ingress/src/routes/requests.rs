@@ -31,6 +31,39 @@ pub struct SubmitBody {
     duration: Option<String>,
 }
 
+/// A submission's fields, each parsed into its type.
+#[derive(Debug)]
+pub struct Submission {
+    /// The tenant asked for.
+    pub tenant: TenantName,
+    /// read_only unless asked otherwise.
+    pub permission: Permission,
+    /// Why, if given.
+    pub justification: Option<Justification>,
+    /// For how long, if time-bound.
+    pub duration: Option<std::time::Duration>,
+}
+
+impl SubmitBody {
+    /// Parses every field once (422 naming the field that is wrong); pure, so a property
+    /// test can try any body.
+    pub fn validate(self, max_duration: std::time::Duration) -> Result<Submission, ApiError> {
+        Ok(Submission {
+            tenant: TenantName::parse(&self.tenant_name)?,
+            permission: match self.permission.as_deref() {
+                None => Permission::default(),
+                Some(p) => p.parse()?,
+            },
+            justification: Justification::parse(self.justification.as_deref().unwrap_or(""))?,
+            duration: self
+                .duration
+                .as_deref()
+                .map(|d| access_duration(d, max_duration))
+                .transpose()?,
+        })
+    }
+}
+
 /// The answer to a submission, keeping the notebook client's fields.
 #[derive(Debug, Serialize)]
 pub struct SubmitAnswer {
@@ -69,16 +102,12 @@ pub async fn submit(
     Caller(user): Caller,
     StrictJson(body): StrictJson<SubmitBody>,
 ) -> Result<Response, ApiError> {
-    let tenant = TenantName::parse(&body.tenant_name)?;
-    let permission: Permission = match body.permission.as_deref() {
-        None => Permission::default(),
-        Some(p) => p.parse()?,
-    };
-    let justification = Justification::parse(body.justification.as_deref().unwrap_or(""))?;
-    let duration = match body.duration.as_deref() {
-        None => None,
-        Some(d) => Some(access_duration(d, st.max_access_duration)?),
-    };
+    let Submission {
+        tenant,
+        permission,
+        justification,
+        duration,
+    } = body.validate(st.max_access_duration)?;
     if let Some(check) = &st.tenants {
         check.check(&tenant, permission).await?;
     }
@@ -357,4 +386,90 @@ pub async fn cancel(
         "status": "cancelled",
         "message": format!("Request {} cancelled.", rec.request_id),
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::parse_json;
+    use proptest::prelude::*;
+
+    const MAX: std::time::Duration = std::time::Duration::from_secs(90 * 86_400);
+
+    fn field() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Null),
+            any::<i64>().prop_map(Value::from),
+            any::<bool>().prop_map(Value::from),
+            "\\PC{0,80}".prop_map(Value::from),
+            "[a-z][a-z0-9_]{0,70}".prop_map(Value::from),
+            prop_oneof![
+                Just("read_only"),
+                Just("read_write"),
+                Just("1d"),
+                Just("90d"),
+                Just("91d"),
+                Just("0s")
+            ]
+            .prop_map(Value::from),
+        ]
+    }
+
+    fn body() -> impl Strategy<Value = Value> {
+        prop::collection::btree_map(
+            prop_oneof![
+                Just("tenant_name".to_owned()),
+                Just("permission".to_owned()),
+                Just("justification".to_owned()),
+                Just("duration".to_owned()),
+                "[a-z_]{1,12}",
+            ],
+            field(),
+            0..6,
+        )
+        .prop_map(|m| Value::Object(m.into_iter().collect()))
+    }
+
+    fn status_of(bytes: &[u8]) -> Result<Submission, StatusCode> {
+        parse_json::<SubmitBody>(bytes)
+            .and_then(|b| b.validate(MAX))
+            .map_err(|e| e.status)
+    }
+
+    proptest! {
+        /// Any bytes: a submission, 400 (not JSON) or 422 (not a valid submission).
+        #[test]
+        fn arbitrary_bytes_are_a_submission_or_400_or_422(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            if let Err(s) = status_of(&bytes) {
+                prop_assert!(s == StatusCode::BAD_REQUEST || s == StatusCode::UNPROCESSABLE_ENTITY, "{}", s);
+            }
+        }
+
+        /// Any object: accepted only with exactly the known fields, a valid tenant and a
+        /// duration within the maximum; anything else is 422.
+        #[test]
+        fn arbitrary_objects_are_accepted_only_when_every_field_is_valid(b in body()) {
+            let got = status_of(b.to_string().as_bytes());
+            let known = ["tenant_name", "permission", "justification", "duration"];
+            let obj = b.as_object().expect("object");
+            match got {
+                Ok(sub) => {
+                    prop_assert!(obj.keys().all(|k| known.contains(&k.as_str())));
+                    prop_assert_eq!(Some(sub.tenant.as_str()), obj["tenant_name"].as_str().map(str::trim));
+                    if let Some(d) = sub.duration {
+                        prop_assert!(!d.is_zero() && d <= MAX);
+                    }
+                }
+                Err(s) => prop_assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY),
+            }
+        }
+    }
+
+    #[test]
+    fn a_duration_beyond_the_maximum_is_422() {
+        let b = br#"{"tenant_name": "kbase", "duration": "91d"}"#;
+        assert_eq!(status_of(b).err(), Some(StatusCode::UNPROCESSABLE_ENTITY));
+        let ok = status_of(br#"{"tenant_name": "kbase", "duration": "90d"}"#).expect("valid");
+        assert_eq!(ok.duration, Some(MAX));
+    }
 }

@@ -11,122 +11,38 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use tars_domain::events::Decision;
 use tars_domain::machine::Refusal;
 use tars_domain::{RequestId, Source, Username};
-use tars_slack::blocks::{APPROVE_ACTION, DENY_ACTION};
 use tars_slack::signature;
 
 use crate::error::ApiError;
 use crate::routes::approvals::{may_decide, publish_decision};
+use crate::routes::slack_payload::{self, Click, Interaction, ModalMeta, ModalSubmit, Origin};
 use crate::state::{AppState, ApprovalMode};
 
-/// Block id of the token input in the modal.
-pub const TOKEN_BLOCK_ID: &str = "kbase_token";
-/// Action id of the token input.
-pub const TOKEN_ACTION_ID: &str = "token";
-/// Callback id of the modal.
-pub const MODAL_CALLBACK_ID: &str = "tars_kbase_token";
-
-#[derive(Deserialize)]
-struct Form {
-    payload: String,
-}
-
-#[derive(Deserialize)]
-struct SlackUser {
-    id: String,
-}
-
-#[derive(Deserialize)]
-struct Action {
-    action_id: String,
-    #[serde(default)]
-    value: Option<String>,
-    #[serde(default)]
-    action_ts: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct View {
-    id: String,
-    #[serde(default)]
-    callback_id: Option<String>,
-    #[serde(default)]
-    private_metadata: Option<String>,
-    #[serde(default)]
-    state: Value,
-}
-
-#[derive(Deserialize)]
-#[serde(tag = "type")]
-enum Payload {
-    #[serde(rename = "block_actions")]
-    BlockActions {
-        user: SlackUser,
-        #[serde(default)]
-        team: Option<Named>,
-        #[serde(default)]
-        channel: Option<Named>,
-        #[serde(default)]
-        actions: Vec<Action>,
-        #[serde(default)]
-        trigger_id: Option<String>,
-        #[serde(default)]
-        response_url: Option<String>,
-    },
-    #[serde(rename = "view_submission")]
-    ViewSubmission {
-        user: SlackUser,
-        #[serde(default)]
-        team: Option<Named>,
-        view: View,
-    },
-    #[serde(other)]
-    Other,
-}
-
-/// A Slack object named by its id (`team`, `channel`).
-#[derive(Deserialize)]
-struct Named {
-    id: String,
-}
+pub use super::slack_payload::{MODAL_CALLBACK_ID, TOKEN_ACTION_ID, TOKEN_BLOCK_ID};
 
 /// Refuses a payload from another workspace, or a click in another channel, when the
 /// ingress knows which ones are TARS's: a signing secret shared by several workspaces (an
 /// org-wide app), or a copied button, must not decide anything.
-fn check_origin(
-    st: &AppState,
-    team: Option<&Named>,
-    channel: Option<&Named>,
-) -> Result<(), ApiError> {
+fn check_origin(st: &AppState, origin: &Origin) -> Result<(), ApiError> {
     let forbidden = |m: &str| ApiError::new(StatusCode::FORBIDDEN, "forbidden", m.to_owned());
     if let Some(want) = &st.slack.team_id
-        && team.map(|t| &t.id) != Some(want)
+        && origin.team.as_ref() != Some(want)
     {
         return Err(forbidden(
             "this interaction comes from another Slack workspace",
         ));
     }
-    if let (Some(want), Some(channel)) = (&st.slack.channel_id, channel)
-        && &channel.id != want
+    if let (Some(want), Some(channel)) = (&st.slack.channel_id, &origin.channel)
+        && channel != want
     {
         return Err(forbidden("this button is not in the approval channel"));
     }
     Ok(())
-}
-
-#[derive(serde::Serialize, Deserialize)]
-struct ModalMeta {
-    request_id: RequestId,
-    decision: Decision,
-}
-
-fn bad(message: &str) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message.to_owned())
 }
 
 fn msg_id(parts: &[&str]) -> String {
@@ -160,51 +76,23 @@ pub async fn interact(
         time::OffsetDateTime::now_utc().unix_timestamp(),
     )
     .map_err(|e| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_signature", e.to_string()))?;
-    let form: Form =
-        serde_urlencoded::from_bytes(&body).map_err(|_| bad("expected a form with payload="))?;
-    let payload: Payload = serde_json::from_str(&form.payload)
-        .map_err(|e| bad(&format!("unreadable payload: {e}")))?;
-    match payload {
-        Payload::BlockActions {
-            user,
-            team,
-            channel,
-            actions,
-            trigger_id,
-            response_url,
-        } => {
-            check_origin(&st, team.as_ref(), channel.as_ref())?;
-            let Some(action) = actions.into_iter().next() else {
-                return Ok(StatusCode::OK.into_response());
-            };
-            let decision = match action.action_id.as_str() {
-                APPROVE_ACTION => Decision::Approve,
-                DENY_ACTION => Decision::Deny,
-                _ => return Ok(StatusCode::OK.into_response()),
-            };
-            let Some(id) = action
-                .value
-                .as_deref()
-                .and_then(|v| RequestId::parse(v).ok())
-            else {
-                return Err(bad("the button carries no request id"));
-            };
-            click(
-                &st,
-                user.id,
-                decision,
-                id,
-                action.action_ts,
-                trigger_id,
-                response_url,
-            )
-            .await
+    let (origin, interaction) = slack_payload::parse(&body)?;
+    match interaction {
+        Interaction::Click(c) => {
+            check_origin(&st, &origin)?;
+            click(&st, c).await
         }
-        Payload::ViewSubmission { user, team, view } => {
-            check_origin(&st, team.as_ref(), None)?;
-            submit_token(&st, user.id, view).await
+        Interaction::Modal(m) => {
+            check_origin(&st, &origin)?;
+            submit_token(&st, m).await
         }
-        Payload::Other => Ok(StatusCode::OK.into_response()),
+        // Block actions with nothing TARS acts on still have to come from TARS's
+        // workspace and channel; other payload types are answered and dropped.
+        Interaction::Ignored if origin != Origin::default() => {
+            check_origin(&st, &origin)?;
+            Ok(StatusCode::OK.into_response())
+        }
+        Interaction::Ignored => Ok(StatusCode::OK.into_response()),
     }
 }
 
@@ -218,15 +106,15 @@ fn tell(st: &AppState, response_url: Option<String>, text: String) {
     }
 }
 
-async fn click(
-    st: &AppState,
-    slack_user: String,
-    decision: Decision,
-    id: RequestId,
-    action_ts: Option<String>,
-    trigger_id: Option<String>,
-    response_url: Option<String>,
-) -> Result<Response, ApiError> {
+async fn click(st: &AppState, c: Click) -> Result<Response, ApiError> {
+    let Click {
+        slack_user,
+        decision,
+        request_id: id,
+        action_ts,
+        trigger_id,
+        response_url,
+    } = c;
     super::name_request(&id);
     match &st.slack.mode {
         ApprovalMode::Allowlist(approvers) => {
@@ -345,22 +233,13 @@ fn modal_error(text: &str) -> Response {
     Json(json!({"response_action": "errors", "errors": {TOKEN_BLOCK_ID: text}})).into_response()
 }
 
-async fn submit_token(st: &AppState, slack_user: String, view: View) -> Result<Response, ApiError> {
-    if view.callback_id.as_deref() != Some(MODAL_CALLBACK_ID) {
-        return Ok(StatusCode::OK.into_response());
-    }
-    let Some(meta) = view
-        .private_metadata
-        .as_deref()
-        .and_then(|m| serde_json::from_str::<ModalMeta>(m).ok())
-    else {
-        return Err(bad("the modal carries no request"));
-    };
-    let token = view.state["values"][TOKEN_BLOCK_ID][TOKEN_ACTION_ID]["value"]
-        .as_str()
-        .unwrap_or("")
-        .trim()
-        .to_owned();
+async fn submit_token(st: &AppState, m: ModalSubmit) -> Result<Response, ApiError> {
+    let ModalSubmit {
+        slack_user,
+        view_id,
+        meta,
+        token,
+    } = m;
     if token.is_empty() {
         return Ok(modal_error("Enter your KBase token."));
     }
@@ -384,7 +263,7 @@ async fn submit_token(st: &AppState, slack_user: String, view: View) -> Result<R
         return Ok(modal_error(&why));
     }
     let kind = format!("{:?}", meta.decision);
-    let key = msg_id(&[&view.id, &kind, meta.request_id.as_str()]);
+    let key = msg_id(&[&view_id, &kind, meta.request_id.as_str()]);
     tracing::info!(%slack_user, approver = %user.username, request_id = %meta.request_id, "decision from the token modal");
     let by: Username = user.username;
     publish_decision(
