@@ -996,6 +996,79 @@ async fn finding_8_clicks_from_another_workspace_or_channel_are_refused() {
 }
 
 #[tokio::test]
+async fn finding_8_allowlisted_clicks_decide_nothing_once_the_approver_review_is_overdue() {
+    let day = |d: time::OffsetDateTime| {
+        d.format(time::macros::format_description!("[year]-[month]-[day]"))
+            .unwrap()
+    };
+    let overdue = Stack::start(Options {
+        approvers_reviewed: Some(day(
+            time::OffsetDateTime::now_utc() - time::Duration::days(91)
+        )),
+        ..Options::default()
+    })
+    .await;
+    let id = overdue.submit("review", "read_only").await;
+    let r = overdue
+        .interactor
+        .click(
+            SLACK_APPROVER,
+            "approve",
+            &id,
+            &overdue.slack.response_url(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    crate::support::eventually(crate::support::LONG, "the clicker is told", || async {
+        overdue
+            .slack
+            .responses()
+            .iter()
+            .any(|r| r["text"].as_str().unwrap_or("").contains("overdue"))
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        overdue
+            .count_subject(&format!("tars.decision.requested.{id}"))
+            .await,
+        0
+    );
+    // An admin still decides over REST.
+    let (status, body, _) = overdue
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": id}),
+        )
+        .await;
+    assert!((200..300).contains(&status), "{status} {body}");
+
+    // Reviewed within the last 90 days: the same click decides.
+    let fresh = Stack::start(Options {
+        approvers_reviewed: Some(day(
+            time::OffsetDateTime::now_utc() - time::Duration::days(89)
+        )),
+        ..Options::default()
+    })
+    .await;
+    let id = fresh.submit("review", "read_only").await;
+    let r = fresh
+        .interactor
+        .click(SLACK_APPROVER, "approve", &id, &fresh.slack.response_url())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        fresh
+            .wait_count(&format!("tars.decision.requested.{id}"), 1)
+            .await,
+        1
+    );
+}
+
+#[tokio::test]
 async fn finding_9_the_token_modal_refuses_an_admins_own_request_in_the_modal() {
     let s = Stack::start(Options {
         kbase_token_mode: true,

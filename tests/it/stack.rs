@@ -44,6 +44,8 @@ pub struct Options {
     pub read_rate: u32,
     /// `FAILED_AUTH_PER_MINUTE`.
     pub failed_auth_rate: u32,
+    /// `SLACK_APPROVERS_REVIEWED` (with the default 90-day `SLACK_APPROVERS_MAX_AGE`).
+    pub approvers_reviewed: Option<String>,
 }
 
 impl Default for Options {
@@ -61,6 +63,7 @@ impl Default for Options {
             separate_metrics: false,
             read_rate: 100_000,
             failed_auth_rate: 100_000,
+            approvers_reviewed: None,
         }
     }
 }
@@ -125,6 +128,7 @@ impl Stack {
             }
             .into(),
             slack_approvers: format!("{SLACK_APPROVER}:bob"),
+            slack_approvers_reviewed: opts.approvers_reviewed.clone(),
             metrics_addr: opts.separate_metrics.then(|| ([127, 0, 0, 1], 0).into()),
             slack_team_id: Some("T1".into()),
             slack_channel_id: Some(CHANNEL.into()),

@@ -98,6 +98,15 @@ pub struct Args {
     /// `U123:kbase_user,...`: Slack user ids allowed to decide, and whose name is recorded.
     #[arg(long, env = "SLACK_APPROVERS", default_value = "")]
     pub slack_approvers: String,
+    /// The day (`YYYY-MM-DD`) an operator last checked that everyone in SLACK_APPROVERS
+    /// still holds an admin role in KBase. KBase has no stable API to read another user's
+    /// roles, so TARS cannot re-check them itself; when set, Slack clicks in allowlist mode
+    /// are refused once SLACK_APPROVERS_MAX_AGE has passed since that day.
+    #[arg(long, env = "SLACK_APPROVERS_REVIEWED")]
+    pub slack_approvers_reviewed: Option<String>,
+    /// How long an approver review stays valid.
+    #[arg(long, env = "SLACK_APPROVERS_MAX_AGE", default_value = "90d", value_parser = parse_duration)]
+    pub slack_approvers_max_age: Duration,
     /// The Slack bot, for the token modal and replies to clickers.
     #[command(flatten)]
     pub slack_bot: tars_slack::config::SlackBotArgs,
@@ -157,6 +166,8 @@ impl Args {
             slack_signing_secret_file: None,
             slack_approval_mode: "allowlist".into(),
             slack_approvers: String::new(),
+            slack_approvers_reviewed: None,
+            slack_approvers_max_age: Duration::from_secs(90 * 86_400),
             slack_team_id: None,
             slack_channel_id: None,
             metrics_addr: None,
@@ -200,6 +211,19 @@ pub fn parse_approvers(s: &str) -> Result<HashMap<String, Username>, ConfigError
         out.insert(slack.trim().to_owned(), user);
     }
     Ok(out)
+}
+
+/// Parses `SLACK_APPROVERS_REVIEWED` (`YYYY-MM-DD`, midnight UTC).
+fn review_due(day: &str) -> Result<time::OffsetDateTime, ConfigError> {
+    let format = time::macros::format_description!("[year]-[month]-[day]");
+    time::Date::parse(day.trim(), format)
+        .map(|d| d.midnight().assume_utc())
+        .map_err(|e| {
+            ConfigError::new(
+                "SLACK_APPROVERS_REVIEWED",
+                format!("{day:?} is not a YYYY-MM-DD date: {e}"),
+            )
+        })
 }
 
 /// A bound, ready-to-serve ingress.
@@ -260,6 +284,21 @@ impl Application {
             };
             ApprovalMode::Allowlist(approvers)
         };
+        let review_due = match args.slack_approvers_reviewed.as_deref().map(review_due) {
+            None => {
+                if matches!(&mode, ApprovalMode::Allowlist(a) if !a.is_empty()) {
+                    tracing::warn!(
+                        "SLACK_APPROVERS_REVIEWED is not set: allowlisted Slack approvers keep deciding even after they lose their KBase admin role"
+                    );
+                }
+                None
+            }
+            Some(Ok(day)) => Some(day + args.slack_approvers_max_age),
+            Some(Err(e)) => {
+                problems.push(e);
+                None
+            }
+        };
         let governance = args.governance.client(&metrics, &mut problems);
         if governance.is_none() {
             tracing::warn!("GOVERNANCE_API_URL is not set: tenants are not checked at submit");
@@ -303,6 +342,7 @@ impl Application {
                 client: slack_client,
                 team_id: args.slack_team_id.clone(),
                 channel_id: args.slack_channel_id.clone(),
+                approvers_review_due: review_due,
             }),
             limiter: Arc::new(RateLimiter::new(args.submit_rate_per_minute)),
             read_limiter: Arc::new(RateLimiter::new(args.read_rate_per_minute)),

@@ -35,6 +35,9 @@ pub struct SlackSettings {
     pub team_id: Option<String>,
     /// `SLACK_CHANNEL_ID`: the only channel whose buttons count.
     pub channel_id: Option<String>,
+    /// When the allowlist must have been reviewed again (`SLACK_APPROVERS_REVIEWED` plus
+    /// `SLACK_APPROVERS_MAX_AGE`); after it, allowlisted clicks decide nothing.
+    pub approvers_review_due: Option<time::OffsetDateTime>,
 }
 
 /// Shared state; cheap to clone.

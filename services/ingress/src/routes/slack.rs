@@ -128,6 +128,18 @@ async fn click(st: &AppState, c: Click) -> Result<Response, ApiError> {
                 );
                 return Ok(StatusCode::OK.into_response());
             };
+            if let Some(due) = st.slack.approvers_review_due
+                && tars_domain::now() >= due
+            {
+                tracing::warn!(%slack_user, request_id = %id, "click refused: the approver list is overdue for review (SLACK_APPROVERS_REVIEWED)");
+                tell(
+                    st,
+                    response_url,
+                    "The TARS approver list is overdue for its review (SLACK_APPROVERS_REVIEWED), so Slack clicks decide nothing until an operator confirms it; decide over the REST API meanwhile."
+                        .into(),
+                );
+                return Ok(StatusCode::OK.into_response());
+            }
             if let Some(why) = refusal(st, &id, decision, kbase_user).await? {
                 tell(st, response_url, why);
                 return Ok(StatusCode::OK.into_response());
