@@ -455,3 +455,104 @@ async fn a_notifier_that_dies_after_posting_leaves_one_message() {
     assert_eq!(s.slack.messages().len(), 1, "one message per request");
     scenario.teardown();
 }
+
+/// Alice's read_only request on `tenant` for one hour, approved and applied; returns its
+/// id and when its access ends.
+async fn time_bound_grant(s: &Stack, tenant: &str) -> (String, time::OffsetDateTime) {
+    let (status, body, _) = s
+        .post(
+            "/requests/",
+            Some(USER_TOKEN),
+            json!({"tenant_name": tenant, "duration": "1h"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["request_id"].as_str().unwrap().to_owned();
+    approve_and_see_it_granted(s, &id, tenant).await;
+    let (_, rec) = s.get(&format!("/requests/{id}"), Some(ADMIN_TOKEN)).await;
+    let ends = time::OffsetDateTime::parse(
+        rec["access_expires_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    (id, ends)
+}
+
+fn deletes(s: &Stack) -> usize {
+    s.governance
+        .calls()
+        .iter()
+        .filter(|c| c.method == "DELETE")
+        .count()
+}
+
+#[tokio::test]
+async fn a_grant_that_dies_after_the_governance_call_still_ends_when_its_time_runs_out() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    fail::cfg("grant.after_call", "1*panic").unwrap();
+    // The redelivered order finds the membership its own first call added.
+    let (id, ends) = time_bound_grant(&s, "crashgrant").await;
+    let (sweeper, _) = s.sweeper().await;
+    assert_eq!(sweeper.end_access(ends).await.unwrap(), 1);
+    wait_status(&s, &id, "revoked").await;
+    assert!(s.governance.members_of("crashgrant").is_empty());
+    assert_eq!(deletes(&s), 1);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn an_access_sweep_that_dies_after_its_write_still_removes_the_access() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    let (id, ends) = time_bound_grant(&s, "crashsweep").await;
+    let (sweeper, _) = s.sweeper().await;
+    fail::cfg("end_access.after_write", "1*panic").unwrap();
+    let died = tokio::spawn(async move { sweeper.end_access(ends).await }).await;
+    assert!(died.is_err(), "the sweep was stopped after its write");
+    // The revocation and its event were one write: the relay announces it.
+    wait_status(&s, &id, "revoked").await;
+    assert!(s.governance.members_of("crashsweep").is_empty());
+    assert_eq!(deletes(&s), 1);
+    scenario.teardown();
+}
+
+#[tokio::test]
+async fn a_revocation_that_dies_before_or_after_the_governance_call_removes_the_access_once() {
+    for point in ["revoke.before_call", "revoke.after_call"] {
+        let scenario = FailScenario::setup();
+        let s = workers().await;
+        let tenant = point.replace(['.', '_'], "-");
+        let (id, _) = time_bound_grant(&s, &tenant).await;
+        fail::cfg(point, "1*panic").unwrap();
+        let (status, body, _) = s
+            .post(
+                &format!("/requests/{id}/revoke"),
+                Some(ADMIN_TOKEN),
+                json!({}),
+            )
+            .await;
+        assert_eq!(status, 202, "{point}: {body}");
+        wait_status(&s, &id, "revoked").await;
+        assert!(s.governance.members_of(&tenant).is_empty(), "{point}");
+        assert_eq!(deletes(&s), 1, "{point}: one removal");
+        assert_eq!(
+            s.wait_count(&format!("tars.request.revoked.{id}"), 1).await,
+            1,
+            "{point}"
+        );
+        scenario.teardown();
+    }
+}
+
+#[tokio::test]
+async fn a_revoke_that_dies_after_its_write_is_carried_out() {
+    let scenario = FailScenario::setup();
+    let s = workers().await;
+    let (id, _) = time_bound_grant(&s, "crashrevoke").await;
+    fail::cfg("revoke.after_write", "1*panic").unwrap();
+    post_that_dies(&s, &format!("/requests/{id}/revoke"), json!({})).await;
+    wait_status(&s, &id, "revoked").await;
+    assert!(s.governance.members_of("crashrevoke").is_empty());
+    scenario.teardown();
+}

@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use tars_domain::machine::Policy;
 use tars_observability::metrics::Metrics;
 use tars_tests::{seed_finished, seed_finished_by};
 
-use crate::stack::{Options, Stack, USER_TOKEN, common};
+use crate::stack::{Options, Stack, USER_TOKEN};
 
 /// Store reads by kind, as counted in `metrics`.
 fn reads(metrics: &Metrics) -> [u64; 3] {
@@ -42,28 +41,11 @@ async fn reads_per_call(
     [listing, reading, sweeping]
 }
 
-/// A decision worker of `s`'s stack to call sweeps on, counting its reads in its own
-/// metrics (the policy's TTL is the default, 7 days).
-async fn sweeper(s: &Stack) -> (tars_decision::Worker, Metrics) {
-    let metrics = Metrics::new();
-    let conn = tars_jetstream::service::connect(
-        &common(&s.nats.server.url()),
-        "test-sweeper",
-        metrics.clone(),
-    )
-    .await
-    .unwrap();
-    (
-        tars_decision::Worker::new(&conn, Policy::default()),
-        metrics,
-    )
-}
-
 #[tokio::test]
 async fn calls_and_sweeps_read_the_same_with_50_000_finished_requests_as_with_1_000() {
     let s = Stack::start(Options::default()).await;
     let id = s.submit("flat", "read_only").await;
-    let (sweeper, sweep_metrics) = sweeper(&s).await;
+    let (sweeper, sweep_metrics) = s.sweeper().await;
     let js = &s.nats.topology.js;
     seed_finished(js, "old", 1_000).await;
     let small = reads_per_call(&s, &sweeper, &sweep_metrics, &id).await;
@@ -91,7 +73,7 @@ async fn finished_requests_are_removed_after_the_retention_and_their_events_stay
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let (sweeper, metrics) = sweeper(&s).await;
+    let (sweeper, metrics) = s.sweeper().await;
     let retention = Duration::from_secs(400 * 86_400);
     let day = Duration::from_secs(86_400);
     let now = tars_domain::now();

@@ -4,6 +4,7 @@
 mod architecture;
 mod growth;
 mod ingress;
+mod lifecycle;
 mod pipeline;
 mod runtime;
 mod stack;

@@ -10,21 +10,24 @@ use crate::support::eventually;
 
 const E2E: Duration = Duration::from_secs(60);
 
-async fn wait_status(s: &Stack, id: &str, want: &str) {
+pub(crate) async fn wait_status(s: &Stack, id: &str, want: &str) {
     eventually(E2E, &format!("{id} to be {want}"), || async {
         (s.status_of(id).await == want).then_some(())
     })
     .await;
 }
 
-fn message_for(s: &Stack, id: &str) -> Option<tars_testkit::standin::slack::SlackMessage> {
+pub(crate) fn message_for(
+    s: &Stack,
+    id: &str,
+) -> Option<tars_testkit::standin::slack::SlackMessage> {
     s.slack
         .messages()
         .into_iter()
         .find(|m| m.blocks.to_string().contains(id))
 }
 
-async fn wait_message(
+pub(crate) async fn wait_message(
     s: &Stack,
     id: &str,
     containing: &str,

@@ -179,6 +179,15 @@ impl Stack {
         stack
     }
 
+    /// Stops every service of this stack (ingress and workers) and waits until each has
+    /// finished; nats-server and the stand-ins keep running.
+    pub async fn stop_services(&mut self) {
+        self.shutdown.cancel();
+        for t in self.tasks.drain(..) {
+            t.await.unwrap();
+        }
+    }
+
     /// The token that stops every service of this stack (fired on drop).
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
@@ -211,6 +220,23 @@ impl Stack {
         self.tasks.push(tokio::spawn(async move {
             tars_decision::run(args, Metrics::new(), s).await.unwrap()
         }));
+    }
+
+    /// A decision worker on this stack's NATS to call sweeps on with an injected clock,
+    /// counting its reads in its own metrics (the policy's TTL is the default, 7 days).
+    pub async fn sweeper(&self) -> (tars_decision::Worker, Metrics) {
+        let metrics = Metrics::new();
+        let conn = tars_jetstream::service::connect(
+            &common(&self.nats.server.url()),
+            "test-sweeper",
+            metrics.clone(),
+        )
+        .await
+        .unwrap();
+        (
+            tars_decision::Worker::new(&conn, tars_domain::machine::Policy::default()),
+            metrics,
+        )
     }
 
     /// The governance-applier's settings for this stack.

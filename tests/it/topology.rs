@@ -37,7 +37,7 @@ async fn topology_declared_twice_in_parallel_is_the_same() {
         let mut c: async_nats::jetstream::consumer::PullConsumer =
             events.get_consumer(kind.name).await.unwrap();
         let ci = c.info().await.unwrap();
-        assert_eq!(ci.config.filter_subject, kind.filter);
+        assert_eq!(ci.config.filter_subjects, kind.filter);
         assert_eq!(ci.config.durable_name.as_deref(), Some(kind.name));
     }
     let streams = ta.js.stream_names();

@@ -87,6 +87,10 @@ pub enum Event {
     RequestApplied {
         /// The group the user joined.
         group: String,
+        /// Whether a membership was added (`false`: the user already had this access or
+        /// more). Events from before this field read `true`.
+        #[serde(default = "yes")]
+        added: bool,
     },
     /// The governance API refused, or retries ran out.
     #[serde(rename = "request.failed")]
@@ -94,12 +98,29 @@ pub enum Event {
         /// What the governance API said.
         reason: String,
     },
+    /// Applied access is to end (its time ran out, or it was revoked early); the
+    /// governance-applier removes it. The envelope's actor started it.
+    #[serde(rename = "request.revoking")]
+    RequestRevoking {
+        /// `expired`, or the words of whoever revoked it.
+        reason: String,
+    },
+    /// The governance API removed the access (or it was already gone).
+    #[serde(rename = "request.revoked")]
+    RequestRevoked {
+        /// The reason the revocation was started with.
+        reason: String,
+    },
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Event {
     /// Every `type` string, for reading one request's events subject by subject (a request's
     /// history is the messages on `tars.<kind>.<id>` for each of these).
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 11] = [
         "request.submitted",
         "decision.requested",
         "decision.rejected",
@@ -109,6 +130,8 @@ impl Event {
         "request.expired",
         "request.applied",
         "request.failed",
+        "request.revoking",
+        "request.revoked",
     ];
 
     /// The `type` string, also the middle of the subject.
@@ -123,6 +146,8 @@ impl Event {
             Self::RequestExpired {} => "request.expired",
             Self::RequestApplied { .. } => "request.applied",
             Self::RequestFailed { .. } => "request.failed",
+            Self::RequestRevoking { .. } => "request.revoking",
+            Self::RequestRevoked { .. } => "request.revoked",
         }
     }
 
@@ -249,8 +274,17 @@ mod tests {
             },
             Event::RequestCancelled {},
             Event::RequestExpired {},
-            Event::RequestApplied { group: "g".into() },
+            Event::RequestApplied {
+                group: "g".into(),
+                added: true,
+            },
             Event::RequestFailed { reason: "r".into() },
+            Event::RequestRevoking {
+                reason: "expired".into(),
+            },
+            Event::RequestRevoked {
+                reason: "expired".into(),
+            },
         ];
         let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
         assert_eq!(kinds, Event::KINDS);
@@ -264,6 +298,7 @@ mod tests {
             "alice",
             Event::RequestApplied {
                 group: "kbasero".into(),
+                added: true,
             },
         );
         let json = serde_json::to_value(&env).unwrap();

@@ -65,13 +65,31 @@ pub enum Command {
     Expire,
     /// The governance-applier took the grant order and is about to carry it out.
     StartGrant,
-    /// The governance API granted the membership (or already had it).
-    Granted,
+    /// The governance API granted the membership (or the user already had it).
+    Granted {
+        /// Whether a membership was added (`false`: it was there already, so revoking
+        /// this request must leave it alone).
+        added: bool,
+    },
     /// The governance API refused, or retries ran out.
     GrantFailed {
         /// What it said.
         reason: String,
     },
+    /// An admin or the requester asked to end applied access now (the shell checked
+    /// that they may).
+    Revoke {
+        /// Who asked.
+        by: Username,
+        /// Their words, if any.
+        reason: Option<String>,
+    },
+    /// The access sweep found applied time-bound access; it ends if its time has passed.
+    EndAccess,
+    /// The governance-applier took the revocation order and is about to carry it out.
+    StartRevoke,
+    /// The governance API removed the membership (or it was gone already).
+    AccessRemoved,
 }
 
 /// A governance membership: who joins which tenant with which access.
@@ -142,6 +160,9 @@ pub enum Effect {
     /// Add the membership in the governance API, then step [`Command::Granted`] or
     /// [`Command::GrantFailed`].
     Grant(Membership),
+    /// Remove the membership from the governance API, then step
+    /// [`Command::AccessRemoved`].
+    Revoke(Membership),
     /// Dead-letter the message that caused this step, so an admin can replay it.
     DeadLetter(String),
 }
@@ -212,10 +233,20 @@ pub enum Refusal {
     /// The grant order arrived before the approval is visible (a stale read): try later.
     #[error("the request is not approved yet")]
     NotApproved,
-    /// The sweep looked at a pending request that is not old enough to expire.
+    /// The sweep looked at a pending request that is not old enough to expire, or at
+    /// access whose time has not run out.
     #[error("the request is not due to expire")]
     NotDue,
+    /// Only applied access can be revoked.
+    #[error("only applied access can be revoked; this request is {status}")]
+    NotApplied {
+        /// Where it stands.
+        status: RequestStatus,
+    },
 }
+
+/// The reason recorded when time-bound access runs out.
+pub const EXPIRED_REASON: &str = "expired";
 
 /// A new request, pending, and the `request.submitted` event that announces it.
 pub fn submit(
@@ -271,8 +302,28 @@ fn consequences(
     policy: &Policy,
 ) -> Result<(Vec<Emit>, Vec<Effect>), Refusal> {
     use RequestStatus as S;
-    let applied = || Event::RequestApplied {
+    let applied = |added: bool| Event::RequestApplied {
         group: Membership::of(r).group(),
+        added,
+    };
+    let revoking = |reason: &str, actor: &str| {
+        Ok((
+            vec![transition(
+                Event::RequestRevoking {
+                    reason: reason.to_owned(),
+                },
+                actor,
+            )],
+            vec![],
+        ))
+    };
+    let revoked = || {
+        transition(
+            Event::RequestRevoked {
+                reason: r.revoked_reason.clone().unwrap_or_default(),
+            },
+            SYSTEM_ACTOR,
+        )
     };
     match cmd {
         Command::Decide {
@@ -330,14 +381,22 @@ fn consequences(
             // Failed: a replayed dead letter asks to try again.
             S::Approved | S::Failed => Ok((vec![], vec![Effect::Grant(Membership::of(r))])),
             // Granted already; the applied event may have been lost: emit it again.
-            S::Applied => Ok((vec![transition(applied(), SYSTEM_ACTOR)], vec![])),
+            S::Applied => Ok((
+                vec![transition(applied(r.membership_added), SYSTEM_ACTOR)],
+                vec![],
+            )),
             S::Pending => Err(Refusal::NotApproved),
             _ => Err(settled(r)),
         },
-        Command::Granted => match r.status {
-            S::Approved | S::Failed | S::Applied => {
-                Ok((vec![transition(applied(), SYSTEM_ACTOR)], vec![]))
+        Command::Granted { added } => match r.status {
+            S::Approved | S::Failed => {
+                Ok((vec![transition(applied(*added), SYSTEM_ACTOR)], vec![]))
             }
+            // A repeat keeps what the first outcome recorded.
+            S::Applied => Ok((
+                vec![transition(applied(r.membership_added), SYSTEM_ACTOR)],
+                vec![],
+            )),
             _ => Err(settled(r)),
         },
         Command::GrantFailed { reason } => match r.status {
@@ -351,6 +410,36 @@ fn consequences(
                 };
                 Ok((vec![failed], vec![Effect::DeadLetter(reason.clone())]))
             }
+            _ => Err(settled(r)),
+        },
+        Command::Revoke { by, reason } => match r.status {
+            S::Applied => revoking(reason.as_deref().unwrap_or("revoked"), by.as_str()),
+            // Asked again while it is being carried out: the event may have been lost.
+            S::Revoking if r.revoked_by.as_deref() == Some(by.as_str()) => revoking(
+                r.revoked_reason.as_deref().unwrap_or("revoked"),
+                by.as_str(),
+            ),
+            status => Err(Refusal::NotApplied { status }),
+        },
+        Command::EndAccess => match (r.status, r.access_expires_at) {
+            (S::Applied, Some(at)) if at <= now => revoking(EXPIRED_REASON, SYSTEM_ACTOR),
+            (S::Applied, _) => Err(Refusal::NotDue),
+            (S::Revoking, _) => revoking(
+                r.revoked_reason.as_deref().unwrap_or(EXPIRED_REASON),
+                r.revoked_by.as_deref().unwrap_or(SYSTEM_ACTOR),
+            ),
+            _ => Err(settled(r)),
+        },
+        Command::StartRevoke => match r.status {
+            // A membership TARS did not add is not TARS's to remove.
+            S::Revoking if !r.membership_added => Ok((vec![revoked()], vec![])),
+            S::Revoking => Ok((vec![], vec![Effect::Revoke(Membership::of(r))])),
+            // Removed already; the revoked event may have been lost: emit it again.
+            S::Revoked => Ok((vec![revoked()], vec![])),
+            _ => Err(settled(r)),
+        },
+        Command::AccessRemoved => match r.status {
+            S::Revoking | S::Revoked => Ok((vec![revoked()], vec![])),
             _ => Err(settled(r)),
         },
     }
@@ -434,11 +523,31 @@ pub fn evolve(
         Event::RequestDenied { by, source } => decide(S::Denied, by.as_str(), *source),
         Event::RequestCancelled {} => decide(S::Cancelled, actor, Source::Rest),
         Event::RequestExpired {} => decide(S::Expired, SYSTEM_ACTOR, Source::System),
-        Event::RequestApplied { .. } => {
+        Event::RequestApplied { added, .. } => {
             if matches!(r.status, S::Approved | S::Failed) {
+                // After a failure an earlier attempt may have added the membership (its
+                // answer lost): it counts as added, so revoking removes it.
+                r.membership_added = *added || r.status == S::Failed;
                 r.status = S::Applied;
                 r.applied_at = Some(at);
                 r.failure_reason = None;
+                r.access_expires_at = r
+                    .access_duration_secs
+                    .and_then(|s| i64::try_from(s).ok())
+                    .map(|s| at + time::Duration::seconds(s));
+            }
+        }
+        Event::RequestRevoking { reason } => {
+            if r.status == S::Applied {
+                r.status = S::Revoking;
+                r.revoked_by = Some(actor.to_owned());
+                r.revoked_reason = Some(reason.clone());
+            }
+        }
+        Event::RequestRevoked { .. } => {
+            if r.status == S::Revoking {
+                r.status = S::Revoked;
+                r.revoked_at = Some(at);
             }
         }
         Event::RequestFailed { reason } => {
@@ -580,7 +689,7 @@ mod tests {
         // A replayed dead letter tries again, and success clears the reason.
         let retry = step(&failed.record, &Command::StartGrant, t0(), &p).unwrap();
         assert!(matches!(retry.effects[..], [Effect::Grant(_)]));
-        let applied = step(&failed.record, &Command::Granted, t0(), &p).unwrap();
+        let applied = step(&failed.record, &Command::Granted { added: true }, t0(), &p).unwrap();
         assert_eq!(applied.record.status, RequestStatus::Applied);
         assert_eq!(applied.record.failure_reason, None);
         // Once applied, a grant order only re-emits the outcome.
@@ -627,13 +736,97 @@ mod tests {
         assert!(!again.changed);
         let (_, rest) = again.into_outbox(8, t0(), None);
         assert!(matches!(rest[..], [Effect::Emit(_)]));
-        let granted = step(&rec, &Command::Granted, t0(), &p).unwrap();
+        let granted = step(&rec, &Command::Granted { added: true }, t0(), &p).unwrap();
         assert!(
             granted.record.outbox.is_empty(),
             "a step starts from a clean outbox"
         );
         let (applied, _) = granted.into_outbox(9, t0(), None);
         assert_eq!(applied.outbox.len(), 1, "only this step's event");
+    }
+
+    fn applied_for(duration: Option<Duration>, added: bool) -> RequestRecord {
+        let p = Policy::default();
+        let r = submit(
+            RequestId::new(),
+            user("alice"),
+            TenantName::parse("genomics").unwrap(),
+            Permission::ReadOnly,
+            None,
+            duration,
+            t0(),
+        )
+        .record;
+        let r = step(&r, &approve("bob"), t0(), &p).unwrap().record;
+        step(&r, &Command::Granted { added }, t0(), &p)
+            .unwrap()
+            .record
+    }
+
+    #[test]
+    fn time_bound_access_ends_at_its_time_through_one_governance_call() {
+        let p = Policy::default();
+        let r = applied_for(Some(Duration::from_secs(3600)), true);
+        let end = t0() + time::Duration::hours(1);
+        assert_eq!(r.access_expires_at, Some(end));
+        let early = end - time::Duration::seconds(1);
+        assert_eq!(
+            step(&r, &Command::EndAccess, early, &p),
+            Err(Refusal::NotDue)
+        );
+        let s = step(&r, &Command::EndAccess, end, &p).unwrap();
+        assert_eq!(s.record.status, RequestStatus::Revoking);
+        assert_eq!(s.record.revoked_by.as_deref(), Some(SYSTEM_ACTOR));
+        assert_eq!(s.record.revoked_reason.as_deref(), Some(EXPIRED_REASON));
+        let order = step(&s.record, &Command::StartRevoke, end, &p).unwrap();
+        assert_eq!(order.effects, vec![Effect::Revoke(Membership::of(&r))]);
+        let done = step(&s.record, &Command::AccessRemoved, end, &p).unwrap();
+        assert_eq!(done.record.status, RequestStatus::Revoked);
+        assert_eq!(done.record.revoked_at, Some(end));
+        // A redelivered order after the removal only re-emits the outcome.
+        let late = step(&done.record, &Command::StartRevoke, end, &p).unwrap();
+        assert!(!late.changed);
+        assert!(late.effects.iter().all(|e| !matches!(e, Effect::Revoke(_))));
+    }
+
+    #[test]
+    fn permanent_access_never_ends_on_its_own_and_early_revokes_need_applied_access() {
+        let p = Policy::default();
+        let r = applied_for(None, true);
+        assert_eq!(r.access_expires_at, None);
+        let far = t0() + time::Duration::days(10_000);
+        assert_eq!(step(&r, &Command::EndAccess, far, &p), Err(Refusal::NotDue));
+        let revoke = Command::Revoke {
+            by: user("bob"),
+            reason: Some("left the lab".into()),
+        };
+        let s = step(&r, &revoke, t0(), &p).unwrap();
+        assert_eq!(s.record.status, RequestStatus::Revoking);
+        assert_eq!(s.record.revoked_by.as_deref(), Some("bob"));
+        assert_eq!(s.record.revoked_reason.as_deref(), Some("left the lab"));
+        let pending = fresh("alice");
+        assert_eq!(
+            step(&pending, &revoke, t0(), &p),
+            Err(Refusal::NotApplied {
+                status: RequestStatus::Pending
+            })
+        );
+    }
+
+    #[test]
+    fn a_membership_tars_did_not_add_is_left_alone_when_access_ends() {
+        let p = Policy::default();
+        let r = applied_for(Some(Duration::from_secs(60)), false);
+        let end = t0() + time::Duration::minutes(1);
+        let s = step(&r, &Command::EndAccess, end, &p).unwrap().record;
+        let order = step(&s, &Command::StartRevoke, end, &p).unwrap();
+        assert!(
+            order
+                .effects
+                .iter()
+                .all(|e| !matches!(e, Effect::Revoke(_)))
+        );
+        assert_eq!(order.record.status, RequestStatus::Revoked);
     }
 
     const PEOPLE: [&str; 3] = ["alice", "bob", "carol"];
@@ -652,12 +845,17 @@ mod tests {
                     source: if slack { Source::Slack } else { Source::Rest },
                 }
             }),
-            who.prop_map(|by| Command::Cancel { by }),
+            who.clone().prop_map(|by| Command::Cancel { by }),
             Just(Command::Expire),
             Just(Command::StartGrant),
-            Just(Command::Granted),
+            any::<bool>().prop_map(|added| Command::Granted { added }),
             prop_oneof![Just("refused"), Just("timeout")]
                 .prop_map(|r| Command::GrantFailed { reason: r.into() }),
+            (who.clone(), proptest::option::of(Just("done".to_owned())))
+                .prop_map(|(by, reason)| Command::Revoke { by, reason }),
+            Just(Command::EndAccess),
+            Just(Command::StartRevoke),
+            Just(Command::AccessRemoved),
         ]
     }
 
@@ -671,6 +869,8 @@ mod tests {
                 S::Approved | S::Denied | S::Cancelled | S::Expired
             ) | (S::Approved, S::Applied | S::Failed)
                 | (S::Failed, S::Applied | S::Failed)
+                | (S::Applied, S::Revoking)
+                | (S::Revoking, S::Revoked)
         )
     }
 
@@ -682,6 +882,9 @@ mod tests {
             r.decision_source,
             r.applied_at,
             r.failure_reason.clone(),
+            r.access_expires_at,
+            r.membership_added,
+            (r.revoked_by.clone(), r.revoked_reason.clone(), r.revoked_at),
         )
     }
 
@@ -696,6 +899,7 @@ mod tests {
         fn the_rules_hold_for_any_sequence(
             requester in 0..PEOPLE.len(),
             ttl_secs in 1u64..1_000,
+            duration in proptest::option::of(1u64..2_000),
             script in proptest::collection::vec((any_command(), 0i64..400), 1..40),
         ) {
             let policy = Policy { request_ttl: Duration::from_secs(ttl_secs) };
@@ -705,7 +909,7 @@ mod tests {
                 TenantName::parse("genomics").unwrap(),
                 Permission::ReadWrite,
                 None,
-                None,
+                duration.map(Duration::from_secs),
                 t0(),
             );
             let initial = first.record.clone();
@@ -753,9 +957,24 @@ mod tests {
                             prop_assert!(matches!(before.status, RequestStatus::Approved | RequestStatus::Failed));
                             prop_assert_eq!(m, &Membership::of(&before));
                         }
+                        Effect::Revoke(m) => {
+                            prop_assert_eq!(before.status, RequestStatus::Revoking);
+                            prop_assert!(before.membership_added, "a membership TARS did not add is removed");
+                            prop_assert_eq!(m, &Membership::of(&before));
+                        }
                         Effect::Emit(em) => history.push((em.event.clone(), em.actor.clone(), now)),
                         Effect::DeadLetter(_) => {}
                     }
+                }
+                if s.changed && s.record.status == RequestStatus::Applied {
+                    let want = duration.map(|d| now + time::Duration::seconds(d as i64));
+                    prop_assert_eq!(s.record.access_expires_at, want, "expiry is applied_at + duration");
+                }
+                if cmd == Command::EndAccess && s.changed {
+                    prop_assert!(
+                        before.access_expires_at.is_some_and(|at| at <= now),
+                        "access ended before its time"
+                    );
                 }
                 ever_applied |= s.record.status == RequestStatus::Applied;
                 record = s.record;

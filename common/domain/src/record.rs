@@ -27,7 +27,10 @@ pub enum RequestStatus {
     Applied,
     /// The governance API refused, or retries ran out; replaying the dead letter retries.
     Failed,
-    /// Access was removed after being applied (time-bound access or an admin's revoke).
+    /// Access is being removed (its time ran out, or an admin or the requester asked):
+    /// the governance-applier carries it out.
+    Revoking,
+    /// Access was removed after being applied (time-bound access or an early revoke).
     Revoked,
 }
 
@@ -42,6 +45,7 @@ impl RequestStatus {
             Self::Expired => "expired",
             Self::Applied => "applied",
             Self::Failed => "failed",
+            Self::Revoking => "revoking",
             Self::Revoked => "revoked",
         }
     }
@@ -63,7 +67,8 @@ impl RequestStatus {
             S::Pending => &[S::Approved, S::Denied, S::Cancelled, S::Expired],
             S::Approved => &[S::Applied, S::Failed],
             S::Failed => &[S::Approved, S::Applied, S::Failed],
-            S::Applied => &[S::Revoked],
+            S::Applied => &[S::Revoking],
+            S::Revoking => &[S::Revoked],
             S::Denied | S::Cancelled | S::Expired | S::Revoked => &[],
         }
     }
@@ -85,7 +90,7 @@ impl RequestStatus {
     }
 
     /// Every status, for metrics and filters.
-    pub const ALL: [RequestStatus; 8] = [
+    pub const ALL: [RequestStatus; 9] = [
         Self::Pending,
         Self::Approved,
         Self::Denied,
@@ -93,6 +98,7 @@ impl RequestStatus {
         Self::Expired,
         Self::Applied,
         Self::Failed,
+        Self::Revoking,
         Self::Revoked,
     ];
 }
@@ -208,12 +214,34 @@ pub struct RequestRecord {
     /// time-bound access (bounded by `MAX_ACCESS_DURATION`).
     #[serde(default)]
     pub access_duration_secs: Option<u64>,
+    /// When time-bound access ends: set when it is applied (`applied_at` plus the
+    /// duration); the decision worker's sweep starts the revocation once it has passed.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub access_expires_at: Option<OffsetDateTime>,
+    /// Whether applying added a membership (`false`: the user already had this access or
+    /// more, so revoking must leave the membership alone). Records from before this field
+    /// read `true`.
+    #[serde(default = "yes")]
+    pub membership_added: bool,
+    /// Who started the revocation (`tars` when the access ran out).
+    #[serde(default)]
+    pub revoked_by: Option<String>,
+    /// Why: `expired`, or the words of whoever revoked it early.
+    #[serde(default)]
+    pub revoked_reason: Option<String>,
+    /// When the governance API removed the access.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub revoked_at: Option<OffsetDateTime>,
     /// The events this revision's state change caused, written in the same compare-and-set
     /// as the change itself, so the change and the duty to announce it are one durable
     /// write. The relay publishes them from the bucket's stream; a write that is not a
     /// state change carries none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub outbox: Vec<Outgoing>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One event waiting in a record's outbox, with the message id that keeps it once in
@@ -260,6 +288,11 @@ impl RequestRecord {
             slack: None,
             slack_claim: None,
             access_duration_secs: None,
+            access_expires_at: None,
+            membership_added: true,
+            revoked_by: None,
+            revoked_reason: None,
+            revoked_at: None,
             outbox: Vec::new(),
         }
     }

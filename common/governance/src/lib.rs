@@ -105,6 +105,18 @@ pub enum Granted {
     AlreadySatisfied,
 }
 
+/// What a revocation found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Removed {
+    /// The membership was removed.
+    Removed,
+    /// The user was not a member (any more): nothing to do, which is success.
+    NotMember,
+    /// The user now holds a different level than the one granted (somebody changed it
+    /// since): that membership is not this grant's to remove, so it is left as it is.
+    LeftAlone,
+}
+
 /// A tenant's steward, as the tenant API lists them.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Steward {
@@ -292,6 +304,39 @@ impl GovernanceClient {
                 let url = format!("{}/management/groups/{group}/members/{user}", self.base);
                 self.added(self.call(self.http.post(&url)).await?)
             }
+        }
+    }
+
+    /// Takes back `permission` on `tenant` from `user`: with the tenant API only when the
+    /// user still holds exactly that level (read first, so a retry after a lost answer
+    /// finds nothing to do); with the group API the group's membership is removed. "Not a
+    /// member" is success either way.
+    pub async fn revoke(
+        &self,
+        user: &Username,
+        tenant: &TenantName,
+        permission: Permission,
+    ) -> Result<Removed, GovernanceError> {
+        let url = match self.api {
+            Api::Tenants => {
+                let Some(info) = self.tenant(tenant).await? else {
+                    return Ok(Removed::NotMember);
+                };
+                match info.access_of(user) {
+                    None => return Ok(Removed::NotMember),
+                    Some(held) if held != permission => return Ok(Removed::LeftAlone),
+                    Some(_) => {}
+                }
+                format!("{}/tenants/{tenant}/members/{user}", self.base)
+            }
+            Api::Groups => {
+                let group = permission.group_for(tenant);
+                format!("{}/management/groups/{group}/members/{user}", self.base)
+            }
+        };
+        match self.call(self.http.delete(&url)).await? {
+            Answer::Ok(_) => Ok(Removed::Removed),
+            Answer::NotFound(_) | Answer::AlreadyMember => Ok(Removed::NotMember),
         }
     }
 

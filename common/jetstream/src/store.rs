@@ -8,9 +8,9 @@
 //! Keys (see [`keys`]): `<request_id>` holds a [`RequestRecord`]; `open.<user>` holds that
 //! user's open (pending) requests, `{"<tenant>/<permission>": "<request_id>"}`, which makes
 //! "one open request per (requester, tenant, permission)" and the per-user cap one
-//! compare-and-set. Three kinds of empty index keys name records: `u.<user>.<id>` (by
-//! requester), `s.<status>.<id>` (by status) and `f.<yyyymmdd>.<id>` (finished that day, for
-//! retention). They are written *before* the change they describe and removed after it,
+//! compare-and-set. Four kinds of empty index keys name records: `u.<user>.<id>` (by
+//! requester), `s.<status>.<id>` (by status), `f.<yyyymmdd>.<id>` (finished that day, for
+//! retention) and `x.<yyyymmdd>.<id>` (time-bound access ending that day). They are written *before* the change they describe and removed after it,
 //! so a crash can leave a key naming a change that never happened, never a change that
 //! no key names; readers check the record and remove keys that can never be right
 //! again (see [`RequestStatus::may_reach`]). A change that keeps the status (a Slack
@@ -106,6 +106,24 @@ pub mod keys {
 
     /// The first day whose finished requests the retention sweep has not removed yet.
     pub const RETENTION_CURSOR: &str = "cursor.retention";
+
+    /// The prefix of the grants whose access ends on `day`.
+    pub fn access_ends_prefix(day: time::Date) -> String {
+        format!(
+            "x.{:04}{:02}{:02}.",
+            day.year(),
+            u8::from(day.month()),
+            day.day()
+        )
+    }
+
+    /// `id`, whose access ends on `day`.
+    pub fn access_ends(day: time::Date, id: &RequestId) -> String {
+        format!("{}{id}", access_ends_prefix(day))
+    }
+
+    /// The first day on which grants may still be waiting for their access to end.
+    pub const ACCESS_CURSOR: &str = "cursor.access";
 }
 
 /// Why a store operation failed.
@@ -205,6 +223,11 @@ fn keys_before(
     }
     if before.is_none() {
         out.push(keys::requester(&after.requester, id));
+    }
+    if let Some(ends) = after.access_expires_at
+        && before.and_then(|b| b.access_expires_at) != Some(ends)
+    {
+        out.push(keys::access_ends(ends.date(), id));
     }
     out
 }
@@ -430,6 +453,9 @@ impl RequestStore {
                 {
                     tracing::warn!(error = %e, request_id = %id, "left a stale open-index entry");
                 }
+                if let Err(e) = self.forget_access(&next).await {
+                    tracing::warn!(error = %e, request_id = %id, "left a stale access key");
+                }
             }
             return Ok((
                 r,
@@ -491,6 +517,64 @@ impl RequestStore {
             self.purge(&key).await?;
         }
         Ok(())
+    }
+
+    /// Removes the access key of a grant that is no longer applied (its access is ending
+    /// or ended); the access sweep calls it too for keys it finds stale.
+    pub async fn forget_access(&self, record: &RequestRecord) -> Result<(), StoreError> {
+        match record.access_expires_at {
+            Some(ends) if record.status != RequestStatus::Applied => {
+                self.purge(&keys::access_ends(ends.date(), &record.request_id))
+                    .await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The grants whose access may have ended by `now`: every id under the access keys
+    /// of the days from the cursor to today. Days before today with no key left move the
+    /// cursor past them, so a sweep reads the days since the last one (one listing each)
+    /// and the grants due, never every applied request. The caller steps each one; a grant
+    /// due later today stays until it is.
+    pub async fn access_due(
+        &self,
+        now: time::OffsetDateTime,
+    ) -> Result<Vec<RequestId>, StoreError> {
+        let today = now.date();
+        let (mut day, mut revision) = match self.read::<time::Date>(keys::ACCESS_CURSOR).await? {
+            Some(v) => (v.value, v.revision),
+            // Nothing was due before the first sweep (access keys are written with an end
+            // in the future): start today, and remember it, or tomorrow's sweep would
+            // start tomorrow and miss the rest of today.
+            None => match self.write_if(keys::ACCESS_CURSOR, &today, None).await? {
+                Some(rev) => (today, rev),
+                None => match self.read::<time::Date>(keys::ACCESS_CURSOR).await? {
+                    Some(v) => (v.value, v.revision),
+                    None => return Err(StoreError::Contention(keys::ACCESS_CURSOR.into())),
+                },
+            },
+        };
+        let mut due = Vec::new();
+        let mut advancing = true;
+        while day <= today {
+            let (keys, _) = self.index(&keys::access_ends_prefix(day)).await?;
+            let Some(next) = day.next_day() else { break };
+            if keys.is_empty() && day < today && advancing {
+                match self
+                    .write_if(keys::ACCESS_CURSOR, &next, Some(revision))
+                    .await?
+                {
+                    Some(rev) => revision = rev,
+                    // Another replica moved it: this pass still reads the days it read.
+                    None => advancing = false,
+                }
+            } else {
+                advancing = false;
+            }
+            due.extend(ids_of(keys));
+            day = next;
+        }
+        Ok(due)
     }
 
     /// Whether `key` holds a value now.

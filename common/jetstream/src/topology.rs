@@ -20,24 +20,24 @@ pub const REQUESTS_BUCKET: &str = "TARS_REQUESTS";
 pub struct WorkerKind {
     /// The durable name, also the worker's label in metrics and dead-letter subjects.
     pub name: &'static str,
-    /// The filter subject.
-    pub filter: &'static str,
+    /// The subjects it consumes.
+    pub filter: &'static [&'static str],
 }
 
 /// Renders Slack messages from every request event.
 pub const NOTIFIER: WorkerKind = WorkerKind {
     name: "notifier",
-    filter: "tars.request.>",
+    filter: &["tars.request.>"],
 };
 /// Applies decisions to the state machine.
 pub const DECISION: WorkerKind = WorkerKind {
     name: "decision",
-    filter: "tars.decision.requested.*",
+    filter: &["tars.decision.requested.*"],
 };
-/// Grants approved access in the governance API.
+/// Grants approved access in the governance API, and removes it again when it ends.
 pub const GOVERNANCE_APPLIER: WorkerKind = WorkerKind {
     name: "governance-applier",
-    filter: "tars.request.approved.*",
+    filter: &["tars.request.approved.*", "tars.request.revoking.*"],
 };
 /// All three workers.
 pub const WORKERS: [WorkerKind; 3] = [NOTIFIER, DECISION, GOVERNANCE_APPLIER];
@@ -174,7 +174,7 @@ pub fn consumer_config(kind: WorkerKind, cfg: &TopologyConfig) -> consumer::pull
     consumer::pull::Config {
         durable_name: Some(kind.name.into()),
         description: Some(format!("TARS {} worker", kind.name)),
-        filter_subject: kind.filter.into(),
+        filter_subjects: kind.filter.iter().map(|s| (*s).to_owned()).collect(),
         deliver_policy: consumer::DeliverPolicy::All,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: cfg.ack_wait,

@@ -11,6 +11,8 @@ use tars_domain::{RequestRecord, RequestStatus};
 pub const APPROVE_ACTION: &str = "approve";
 /// `action_id` of the Deny button.
 pub const DENY_ACTION: &str = "deny";
+/// `action_id` of the Revoke button on an applied grant's message.
+pub const REVOKE_ACTION: &str = "revoke";
 /// Longest text put in one section (Slack's limit is 3,000 characters).
 const MAX_SECTION: usize = 2_900;
 
@@ -44,8 +46,11 @@ pub fn outcome_line(r: &RequestRecord) -> String {
         RequestStatus::Pending => "⏳ Waiting for an approver".into(),
         RequestStatus::Approved => format!("✅ Approved by {by} at {at}; applying…"),
         RequestStatus::Applied => format!(
-            "✅ Approved by {by} at {at}; access granted at {}",
-            r.applied_at.map(when).unwrap_or_default()
+            "✅ Approved by {by} at {at}; access granted at {}{}",
+            r.applied_at.map(when).unwrap_or_default(),
+            r.access_expires_at
+                .map(|t| format!("; it ends at {}", when(t)))
+                .unwrap_or_else(|| "; it does not end on its own".into())
         ),
         RequestStatus::Denied => format!("❌ Denied by {by} at {at}"),
         RequestStatus::Cancelled => format!("🚫 Cancelled by the requester at {at}"),
@@ -57,7 +62,29 @@ pub fn outcome_line(r: &RequestRecord) -> String {
                 500
             ))
         ),
-        RequestStatus::Revoked => format!("🔒 Access revoked at {}", when(r.updated_at)),
+        RequestStatus::Revoking => format!("🔓 Removing access ({})…", ended_why(r)),
+        RequestStatus::Revoked => format!(
+            "🔒 Access removed at {} ({})",
+            when(r.revoked_at.unwrap_or(r.updated_at)),
+            ended_why(r)
+        ),
+    }
+}
+
+/// Why access ended: its time ran out, or who revoked it and their words.
+fn ended_why(r: &RequestRecord) -> String {
+    let reason = r.revoked_reason.as_deref().unwrap_or("revoked");
+    match r.revoked_by.as_deref() {
+        None | Some(tars_domain::machine::SYSTEM_ACTOR)
+            if reason == tars_domain::machine::EXPIRED_REASON =>
+        {
+            "its time ran out".into()
+        }
+        by => format!(
+            "revoked by {}: {}",
+            escape(by.unwrap_or("TARS")),
+            escape(&truncate(reason, 300))
+        ),
     }
 }
 
@@ -85,6 +112,9 @@ pub fn render(r: &RequestRecord) -> (String, Value) {
             {"type": "mrkdwn", "text": format!("*Tenant:*\n{}", escape(r.tenant_name.as_str()))},
             {"type": "mrkdwn", "text": format!("*Permission:*\n{}", r.permission)},
             {"type": "mrkdwn", "text": format!("*Requested:*\n{}", when(r.created_at))},
+            {"type": "mrkdwn", "text": format!("*For:*\n{}", r.access_duration_secs
+                .map(|s| tars_domain::duration::format_duration(std::time::Duration::from_secs(s)))
+                .unwrap_or_else(|| "no end date".into()))},
         ]}),
     ];
     // The exact membership an approval changes, so an approver sees what they grant.
@@ -107,6 +137,17 @@ pub fn render(r: &RequestRecord) -> (String, Value) {
     } else {
         blocks
             .push(json!({"type": "section", "text": {"type": "mrkdwn", "text": outcome_line(r)}}));
+    }
+    if r.status == RequestStatus::Applied {
+        blocks.push(json!({"type": "actions", "block_id": "revocation", "elements": [
+            {"type": "button", "action_id": REVOKE_ACTION, "style": "danger",
+             "text": {"type": "plain_text", "text": "Revoke"}, "value": r.request_id.as_str(),
+             "confirm": {"title": {"type": "plain_text", "text": "Revoke this access?"},
+                "text": {"type": "mrkdwn", "text": format!("`{}` loses {} access to `{}` now.",
+                    escape(r.requester.as_str()), r.permission, escape(r.tenant_name.as_str()))},
+                "confirm": {"type": "plain_text", "text": "Revoke"},
+                "deny": {"type": "plain_text", "text": "Keep"}}},
+        ]}));
     }
     (text, Value::Array(blocks))
 }

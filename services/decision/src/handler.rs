@@ -124,6 +124,49 @@ impl Worker {
         Ok(expired)
     }
 
+    /// Starts the revocation of every grant whose time-bound access has ended by `now`
+    /// (found through the access keys of the days since the last sweep, see
+    /// [`RequestStore::access_due`]) and returns how many it started. The revocation and
+    /// its event are one write; the governance-applier carries it out. A grant whose
+    /// access ended while every process was down is found by the first sweep after.
+    pub async fn end_access(&self, now: time::OffsetDateTime) -> Result<usize, StoreError> {
+        let mut started = 0;
+        for id in self.store.access_due(now).await? {
+            match self
+                .store
+                .step(&id, &Command::EndAccess, now, 0, &self.policy)
+                .await
+            {
+                Ok(Ok(step)) => {
+                    if step.changed {
+                        fail::fail_point!("end_access.after_write");
+                        started += 1;
+                        self.metrics.requests.with_label_values(&["revoking"]).inc();
+                    } else {
+                        // A repeat (the revocation started before; its key outlived it):
+                        // publish its event again in case it was lost.
+                        self.publisher
+                            .emit_all(&id, &step.effects, 0, now)
+                            .await
+                            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+                    }
+                    self.store.forget_access(&step.record).await?;
+                }
+                // Due later today.
+                Ok(Err(Refusal::NotDue)) => {}
+                // Revoked already: its key outlived it.
+                Ok(Err(_)) => {
+                    if let Some(v) = self.store.get(&id).await? {
+                        self.store.forget_access(&v.value).await?;
+                    }
+                }
+                Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(started)
+    }
+
     /// Removes finished records older than `retention` as of `now` (see
     /// [`RequestStore::retire`]).
     pub async fn retire(
@@ -134,7 +177,7 @@ impl Worker {
         self.store.retire(now, retention).await
     }
 
-    /// Sweeps every `every` until shutdown: expiry, then retention.
+    /// Sweeps every `every` until shutdown: expiry, ended access, then retention.
     pub async fn sweep_forever(
         &self,
         every: Duration,
@@ -146,6 +189,11 @@ impl Worker {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(expired = n, "expired stale pending requests"),
                 Err(e) => tracing::warn!(error = %e, "expiry sweep failed; will try again"),
+            }
+            match self.end_access(tars_domain::now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(revoking = n, "time-bound access ended: revoking"),
+                Err(e) => tracing::warn!(error = %e, "access sweep failed; will try again"),
             }
             match self.retire(tars_domain::now(), retention).await {
                 Ok(0) => {}

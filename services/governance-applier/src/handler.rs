@@ -1,10 +1,11 @@
-//! The governance shell: takes a grant order (`request.approved`), asks the state machine
-//! what to do, carries out the governance call, and steps the machine with the outcome.
+//! The governance shell: takes a grant order (`request.approved`) or a revocation order
+//! (`request.revoking`), asks the state machine what to do, carries out the governance
+//! call, and steps the machine with the outcome.
 
 use tars_domain::RequestId;
 use tars_domain::events::Event;
 use tars_domain::machine::{Command, Effect, Membership, Policy, Refusal};
-use tars_governance::{GovernanceClient, GovernanceError, Granted};
+use tars_governance::{GovernanceClient, GovernanceError, Granted, Removed};
 use tars_jetstream::publish::EventPublisher;
 use tars_jetstream::service::Connected;
 use tars_jetstream::store::{RequestStore, StoreError};
@@ -76,8 +77,8 @@ impl Worker {
             .collect())
     }
 
-    /// Carries out a grant order.
-    async fn apply(&self, id: &RequestId, last_attempt: bool, cause: u64) -> Outcome {
+    /// Carries out a grant order; `first` says no earlier delivery of it ran.
+    async fn apply(&self, id: &RequestId, first: bool, last_attempt: bool, cause: u64) -> Outcome {
         let effects = match self.step(id, Command::StartGrant, cause).await {
             Ok(effects) => effects,
             Err(outcome) => return outcome,
@@ -91,7 +92,7 @@ impl Worker {
         match grant {
             Some(m) => {
                 fail::fail_point!("grant.before_call");
-                self.grant(id, &m, last_attempt, cause).await
+                self.grant(id, &m, first, last_attempt, cause).await
             }
             None => Outcome::Ack,
         }
@@ -102,6 +103,7 @@ impl Worker {
         &self,
         id: &RequestId,
         m: &Membership,
+        first: bool,
         last_attempt: bool,
         cause: u64,
     ) -> Outcome {
@@ -121,7 +123,12 @@ impl Worker {
                     }
                 }
                 fail::fail_point!("grant.after_call");
-                let recorded = self.step(id, Command::Granted, cause).await;
+                // "Already there" on a redelivery may be this grant's own earlier call
+                // (its answer lost to a crash or a timeout): count it as added, so the
+                // access still ends when it should. Only a first attempt finding the
+                // access in place proves it was not TARS's doing.
+                let added = how == Granted::Added || !first;
+                let recorded = self.step(id, Command::Granted { added }, cause).await;
                 fail::fail_point!("grant.after_record");
                 return match recorded {
                     Ok(_) | Err(Outcome::Ack) => Outcome::Ack,
@@ -165,12 +172,75 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Carries out a revocation order: one governance call (or none, for a membership
+    /// TARS did not add), then `revoked`. A refusal dead-letters the order and leaves the
+    /// request `revoking`, so an admin sees it and can replay it.
+    async fn revoke(&self, id: &RequestId, last_attempt: bool, cause: u64) -> Outcome {
+        let effects = match self.step(id, Command::StartRevoke, cause).await {
+            Ok(effects) => effects,
+            Err(outcome) => return outcome,
+        };
+        let Some(m) = effects.into_iter().find_map(|e| match e {
+            Effect::Revoke(m) => Some(m),
+            _ => None,
+        }) else {
+            return Outcome::Ack;
+        };
+        fail::fail_point!("revoke.before_call");
+        match self
+            .governance
+            .revoke(&m.user, &m.tenant, m.permission)
+            .await
+        {
+            Ok(how) => {
+                match how {
+                    Removed::Removed => {
+                        tracing::info!(tenant = %m.tenant, permission = %m.permission, user = %m.user, "access removed")
+                    }
+                    Removed::NotMember => {
+                        tracing::info!(tenant = %m.tenant, user = %m.user, "the user was no longer a member: nothing to remove")
+                    }
+                    Removed::LeftAlone => {
+                        tracing::info!(tenant = %m.tenant, user = %m.user, "the user holds another level now: left as it is")
+                    }
+                }
+                fail::fail_point!("revoke.after_call");
+                match self.step(id, Command::AccessRemoved, cause).await {
+                    Ok(_) | Err(Outcome::Ack) => Outcome::Ack,
+                    Err(o) => o,
+                }
+            }
+            Err(GovernanceError::Transient(reason)) if !last_attempt => {
+                self.metrics
+                    .external_retries
+                    .with_label_values(&["governance"])
+                    .inc();
+                Outcome::retry(reason)
+            }
+            Err(e) => {
+                tracing::error!(tenant = %m.tenant, user = %m.user, error = %e, "removing access failed; the order is dead-lettered and the request stays revoking");
+                Outcome::dead_letter(format!("revoking: {e}"))
+            }
+        }
+    }
+}
+
 impl Handler for Worker {
     async fn handle(&self, delivery: Delivery) -> Outcome {
         let id = delivery.envelope.request_id.clone();
         match &delivery.envelope.event {
             Event::RequestApproved { .. } => {
-                self.apply(&id, delivery.last_attempt, delivery.stream_seq)
+                self.apply(
+                    &id,
+                    delivery.delivered <= 1,
+                    delivery.last_attempt,
+                    delivery.stream_seq,
+                )
+                .await
+            }
+            Event::RequestRevoking { .. } => {
+                self.revoke(&id, delivery.last_attempt, delivery.stream_seq)
                     .await
             }
             other => Outcome::dead_letter(format!(

@@ -34,8 +34,12 @@ fn entry(env: &Envelope) -> Value {
         Event::RequestApproved { source, .. } | Event::RequestDenied { source, .. } => {
             (Some(*source), Value::Null)
         }
-        Event::RequestApplied { group } => (None, json!({"group": group})),
-        Event::RequestFailed { reason } => (None, json!({"reason": reason})),
+        Event::RequestApplied { group, added } => {
+            (None, json!({"group": group, "membership_added": added}))
+        }
+        Event::RequestFailed { reason }
+        | Event::RequestRevoking { reason }
+        | Event::RequestRevoked { reason } => (None, json!({"reason": reason})),
         _ => (None, Value::Null),
     };
     json!({

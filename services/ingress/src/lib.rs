@@ -556,6 +556,7 @@ fn router(state: AppState, timeout: Duration, public_metrics: bool) -> Router {
         .route("/requests/", post(requests::submit).get(requests::list))
         .route("/requests/{id}", get(requests::get_one))
         .route("/requests/{id}/cancel", post(requests::cancel))
+        .route("/requests/{id}/revoke", post(requests::revoke))
         .route("/approvals/approve", post(approvals::approve))
         .route("/approvals/deny", post(approvals::deny))
         .route("/slack/interact", post(slack::interact))

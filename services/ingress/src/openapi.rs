@@ -108,6 +108,7 @@ pub fn document() -> Value {
             "/requests": {"post": submit_op.clone(), "get": list_op.clone()},
             "/requests/": {"post": submit_op, "get": list_op},
             "/requests/{id}": {"parameters": id.clone(), "get": op("A request with its history", true, None, &[("200", "record + history"), ("404", "unknown or not yours")])},
+            "/requests/{id}/revoke": {"parameters": id.clone(), "post": op("End applied access now (an admin, or the requester giving up their own)", true, Some(json!({"type": "object", "additionalProperties": false, "properties": {"reason": {"type": ["string", "null"], "maxLength": 2000}}})), &[("202", "revocation under way (status revoking)"), ("404", "unknown or not yours"), ("409", "not applied")])},
             "/requests/{id}/cancel": {"parameters": id, "post": op("Cancel a pending request (requester)", true, None, &[("200", "cancelled"), ("403", "not the requester"), ("404", "unknown"), ("409", "no longer pending")])},
             "/approvals/approve": {"post": op("Approve (admin)", true, Some(decision.clone()), &[("202", "decision accepted"), ("403", "not an admin or own request"), ("404", "unknown"), ("409", "already decided")])},
             "/approvals/deny": {"post": op("Deny (admin)", true, Some(decision), &[("202", "decision accepted"), ("403", "not an admin or own request"), ("404", "unknown"), ("409", "already decided")])},

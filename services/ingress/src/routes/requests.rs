@@ -388,6 +388,67 @@ pub async fn cancel(
     })))
 }
 
+/// `POST /requests/{id}/revoke` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// `POST /requests/{id}/revoke`: an admin, or the requester giving up their own access,
+/// ends applied access now. 202 while applied (the governance-applier removes the
+/// membership), 409 otherwise, the uniform 404 for anybody else.
+pub async fn revoke(
+    State(st): State<AppState>,
+    Caller(user): Caller,
+    Path(id): Path<String>,
+    StrictJson(body): StrictJson<RevokeBody>,
+) -> Result<Response, ApiError> {
+    let (rec, _) = visible(&st, &user, &id).await?;
+    let reason =
+        Justification::parse(body.reason.as_deref().unwrap_or(""))?.map(|r| r.as_str().to_owned());
+    let cmd = Command::Revoke {
+        by: user.username.clone(),
+        reason,
+    };
+    let at = now();
+    let step = match st
+        .store
+        .step(&rec.request_id, &cmd, at, 0, &st.policy)
+        .await?
+    {
+        Ok(step) => step,
+        Err(refusal) => {
+            return Err(ApiError::conflict(format!(
+                "request {}: {refusal}",
+                rec.request_id
+            )));
+        }
+    };
+    fail::fail_point!("revoke.after_write");
+    // A repeat (this caller's revocation is under way) publishes again in case the first
+    // publish was lost; the stream keeps one copy.
+    st.publisher
+        .emit_all(&rec.request_id, &step.effects, 0, at)
+        .await?;
+    if step.changed {
+        st.metrics.requests.with_label_values(&["revoking"]).inc();
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "request_id": rec.request_id,
+            "status": step.record.status,
+            "message": format!(
+                "Access of request {} is being removed; GET /requests/{} shows when it is done.",
+                rec.request_id, rec.request_id
+            ),
+        })),
+    )
+        .into_response())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,13 +14,16 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tars_domain::events::Decision;
-use tars_domain::machine::Refusal;
+use tars_domain::machine::{Command, Refusal};
 use tars_domain::{RequestId, Source, Username};
+use tars_jetstream::store::StoreError;
 use tars_slack::signature;
 
 use crate::error::ApiError;
 use crate::routes::approvals::{may_decide, publish_decision};
-use crate::routes::slack_payload::{self, Click, Interaction, ModalMeta, ModalSubmit, Origin};
+use crate::routes::slack_payload::{
+    self, Click, ClickAction, Interaction, ModalMeta, ModalSubmit, Origin,
+};
 use crate::state::{AppState, ApprovalMode};
 
 pub use super::slack_payload::{MODAL_CALLBACK_ID, TOKEN_ACTION_ID, TOKEN_BLOCK_ID};
@@ -106,40 +109,99 @@ fn tell(st: &AppState, response_url: Option<String>, text: String) {
     }
 }
 
+/// The KBase user an allowlisted Slack user decides as, or `None` (and the clicker told
+/// why) when they are not an approver or the list is overdue for review.
+fn allowlisted<'a>(
+    st: &AppState,
+    approvers: &'a std::collections::HashMap<String, Username>,
+    slack_user: &str,
+    id: &RequestId,
+    response_url: &Option<String>,
+) -> Option<&'a Username> {
+    let Some(kbase_user) = approvers.get(slack_user) else {
+        tracing::info!(%slack_user, request_id = %id, "click by a Slack user who is not an approver");
+        tell(
+            st,
+            response_url.clone(),
+            "You are not an approver for TARS access requests; your click changed nothing.".into(),
+        );
+        return None;
+    };
+    if let Some(due) = st.slack.approvers_review_due
+        && tars_domain::now() >= due
+    {
+        tracing::warn!(%slack_user, request_id = %id, "click refused: the approver list is overdue for review (SLACK_APPROVERS_REVIEWED)");
+        tell(
+            st,
+            response_url.clone(),
+            "The TARS approver list is overdue for its review (SLACK_APPROVERS_REVIEWED), so Slack clicks decide nothing until an operator confirms it; decide over the REST API meanwhile."
+                .into(),
+        );
+        return None;
+    }
+    Some(kbase_user)
+}
+
+/// A click on Revoke: an allowlisted approver ends the grant now (one compare-and-set,
+/// like `POST /requests/{id}/revoke`). In kbase-token mode the clicker is pointed to REST.
+async fn revoke_click(
+    st: &AppState,
+    slack_user: String,
+    id: RequestId,
+    response_url: Option<String>,
+) -> Result<Response, ApiError> {
+    let ApprovalMode::Allowlist(approvers) = &st.slack.mode else {
+        tell(
+            st,
+            response_url,
+            format!(
+                "Revoking from Slack needs allowlist approval mode; use POST /requests/{id}/revoke."
+            ),
+        );
+        return Ok(StatusCode::OK.into_response());
+    };
+    let Some(by) = allowlisted(st, approvers, &slack_user, &id, &response_url) else {
+        return Ok(StatusCode::OK.into_response());
+    };
+    let cmd = Command::Revoke {
+        by: by.clone(),
+        reason: Some("revoked in Slack".into()),
+    };
+    let at = tars_domain::now();
+    match st.store.step(&id, &cmd, at, 0, &st.policy).await {
+        Ok(Ok(step)) => {
+            st.publisher.emit_all(&id, &step.effects, 0, at).await?;
+            tracing::info!(%slack_user, approver = %by, request_id = %id, "access revoked from Slack");
+        }
+        Ok(Err(refusal)) => tell(st, response_url, format!("Request {id}: {refusal}.")),
+        Err(StoreError::NotFound(_)) => {
+            tell(st, response_url, format!("Request {id} does not exist."))
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(StatusCode::OK.into_response())
+}
+
 async fn click(st: &AppState, c: Click) -> Result<Response, ApiError> {
     let Click {
         slack_user,
-        decision,
+        action,
         request_id: id,
         action_ts,
         trigger_id,
         response_url,
     } = c;
     super::name_request(&id);
+    let decision = match action {
+        ClickAction::Decide(d) => d,
+        ClickAction::Revoke => return revoke_click(st, slack_user, id, response_url).await,
+    };
     match &st.slack.mode {
         ApprovalMode::Allowlist(approvers) => {
-            let Some(kbase_user) = approvers.get(&slack_user) else {
-                tracing::info!(%slack_user, request_id = %id, "click by a Slack user who is not an approver");
-                tell(
-                    st,
-                    response_url,
-                    "You are not an approver for TARS access requests; your click changed nothing."
-                        .into(),
-                );
+            let Some(kbase_user) = allowlisted(st, approvers, &slack_user, &id, &response_url)
+            else {
                 return Ok(StatusCode::OK.into_response());
             };
-            if let Some(due) = st.slack.approvers_review_due
-                && tars_domain::now() >= due
-            {
-                tracing::warn!(%slack_user, request_id = %id, "click refused: the approver list is overdue for review (SLACK_APPROVERS_REVIEWED)");
-                tell(
-                    st,
-                    response_url,
-                    "The TARS approver list is overdue for its review (SLACK_APPROVERS_REVIEWED), so Slack clicks decide nothing until an operator confirms it; decide over the REST API meanwhile."
-                        .into(),
-                );
-                return Ok(StatusCode::OK.into_response());
-            }
             if let Some(why) = refusal(st, &id, decision, kbase_user).await? {
                 tell(st, response_url, why);
                 return Ok(StatusCode::OK.into_response());

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tars_domain::RequestId;
 use tars_domain::events::Decision;
-use tars_slack::blocks::{APPROVE_ACTION, DENY_ACTION};
+use tars_slack::blocks::{APPROVE_ACTION, DENY_ACTION, REVOKE_ACTION};
 
 use crate::error::ApiError;
 
@@ -22,7 +22,7 @@ pub const MODAL_CALLBACK_ID: &str = "tars_kbase_token";
 /// One interaction, reduced to what TARS acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Interaction {
-    /// An Approve or Deny button was clicked.
+    /// An Approve, Deny or Revoke button was clicked.
     Click(Click),
     /// The token modal was submitted.
     Modal(ModalSubmit),
@@ -40,13 +40,22 @@ pub struct Origin {
     pub channel: Option<String>,
 }
 
-/// An Approve or Deny click on a request's message.
+/// What a button on a request's message asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClickAction {
+    /// Approve or Deny a pending request.
+    Decide(Decision),
+    /// End an applied grant now.
+    Revoke,
+}
+
+/// A click on one of a request's buttons.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Click {
     /// The clicker's Slack user id.
     pub slack_user: String,
-    /// Approve or Deny.
-    pub decision: Decision,
+    /// What the button asks for.
+    pub action: ClickAction,
     /// The request the button names.
     pub request_id: RequestId,
     /// Slack's timestamp of the action: one click, one decision key.
@@ -174,9 +183,10 @@ pub fn parse(body: &[u8]) -> Result<(Origin, Interaction), ApiError> {
             let Some(action) = actions.into_iter().next() else {
                 return Ok((origin, Interaction::Ignored));
             };
-            let decision = match action.action_id.as_str() {
-                APPROVE_ACTION => Decision::Approve,
-                DENY_ACTION => Decision::Deny,
+            let what = match action.action_id.as_str() {
+                APPROVE_ACTION => ClickAction::Decide(Decision::Approve),
+                DENY_ACTION => ClickAction::Decide(Decision::Deny),
+                REVOKE_ACTION => ClickAction::Revoke,
                 _ => return Ok((origin, Interaction::Ignored)),
             };
             let request_id = action
@@ -188,7 +198,7 @@ pub fn parse(body: &[u8]) -> Result<(Origin, Interaction), ApiError> {
                 origin,
                 Interaction::Click(Click {
                     slack_user: user.id,
-                    decision,
+                    action: what,
                     request_id,
                     action_ts: action.action_ts,
                     trigger_id,
@@ -251,6 +261,7 @@ mod tests {
                 Just("view_submission"),
                 Just(APPROVE_ACTION),
                 Just(DENY_ACTION),
+                Just(REVOKE_ACTION),
                 Just(MODAL_CALLBACK_ID),
             ]
             .prop_map(Value::from),
@@ -289,14 +300,14 @@ mod tests {
         }
 
         /// Arbitrary JSON shaped like Slack's, form-encoded: same rule, and a click only
-        /// ever comes out of an Approve/Deny action carrying a canonical request id.
+        /// ever comes out of an Approve, Deny or Revoke action carrying a canonical id.
         #[test]
         fn arbitrary_payloads_parse_or_answer_400(payload in arb_json()) {
             match parse(&form(&payload)) {
                 Err(e) => prop_assert_eq!(e.status, StatusCode::BAD_REQUEST),
                 Ok((_, Interaction::Click(c))) => {
                     let action = &payload["actions"][0];
-                    prop_assert!(action["action_id"] == APPROVE_ACTION || action["action_id"] == DENY_ACTION);
+                    prop_assert!([APPROVE_ACTION, DENY_ACTION, REVOKE_ACTION].iter().any(|a| action["action_id"] == *a));
                     prop_assert_eq!(action["value"].as_str(), Some(c.request_id.as_str()));
                 }
                 Ok(_) => {}
@@ -309,15 +320,16 @@ mod tests {
             user in "[A-Z0-9]{1,12}",
             team in proptest::option::of("T[A-Z0-9]{1,10}"),
             channel in proptest::option::of("C[A-Z0-9]{1,10}"),
-            approve in any::<bool>(),
+            which in 0..3usize,
             ts in proptest::option::of("[0-9]{10}\\.[0-9]{6}"),
             url in proptest::option::of("https://hooks\\.slack\\.com/[a-zA-Z0-9/]{1,30}"),
         ) {
             let id = RequestId::new();
+            let action_id = [APPROVE_ACTION, DENY_ACTION, REVOKE_ACTION][which];
             let mut p = json!({
                 "type": "block_actions",
                 "user": {"id": user},
-                "actions": [{"action_id": if approve { APPROVE_ACTION } else { DENY_ACTION }, "value": id.as_str()}],
+                "actions": [{"action_id": action_id, "value": id.as_str()}],
             });
             if let Some(t) = &team { p["team"] = json!({"id": t}); }
             if let Some(c) = &channel { p["channel"] = json!({"id": c}); }
@@ -328,7 +340,7 @@ mod tests {
             prop_assert_eq!(origin, want_origin);
             prop_assert_eq!(got, Interaction::Click(Click {
                 slack_user: user,
-                decision: if approve { Decision::Approve } else { Decision::Deny },
+                action: [ClickAction::Decide(Decision::Approve), ClickAction::Decide(Decision::Deny), ClickAction::Revoke][which],
                 request_id: id,
                 action_ts: ts,
                 trigger_id: None,
