@@ -475,7 +475,7 @@ async fn kbase_token_mode_opens_a_modal_and_checks_the_token() {
         body["errors"]["kbase_token"]
             .as_str()
             .unwrap()
-            .contains("no admin role"),
+            .contains("not an approver"),
         "{body}"
     );
     let r = s

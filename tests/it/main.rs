@@ -6,6 +6,7 @@ mod growth;
 mod ingress;
 mod lifecycle;
 mod pipeline;
+mod policy;
 mod runtime;
 mod stack;
 mod support;

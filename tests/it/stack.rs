@@ -20,6 +20,8 @@ pub const ADMIN2_TOKEN: &str = "admin-token-carol";
 pub const SIGNING_SECRET: &str = "test-signing-secret";
 pub const BOT_TOKEN: &str = "xoxb-test";
 pub const CHANNEL: &str = "C_APPROVALS";
+/// A second channel the stand-in knows, for policies that route a tenant elsewhere.
+pub const OTHER_CHANNEL: &str = "C0GENOMICS";
 pub const GOV_TOKEN: &str = "gov-token";
 /// The Slack user allowed to approve, mapped to the KBase admin `bob`.
 pub const SLACK_APPROVER: &str = "U_BOB";
@@ -46,6 +48,8 @@ pub struct Options {
     pub failed_auth_rate: u32,
     /// `SLACK_APPROVERS_REVIEWED` (with the default 90-day `SLACK_APPROVERS_MAX_AGE`).
     pub approvers_reviewed: Option<String>,
+    /// The text of an `APPROVAL_POLICY` file for the ingress.
+    pub policy: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -64,6 +68,7 @@ impl Default for Options {
             read_rate: 100_000,
             failed_auth_rate: 100_000,
             approvers_reviewed: None,
+            policy: None,
         }
     }
 }
@@ -114,7 +119,12 @@ impl Stack {
         kbase.add_user(USER_TOKEN, "alice", &[]);
         kbase.add_user(ADMIN_TOKEN, "bob", &["CDM_JUPYTERHUB_ADMIN"]);
         kbase.add_user(ADMIN2_TOKEN, "carol", &["CDM_JUPYTERHUB_ADMIN"]);
-        let slack = FakeSlack::start(BOT_TOKEN, &[CHANNEL]).await;
+        let slack = FakeSlack::start(BOT_TOKEN, &[CHANNEL, OTHER_CHANNEL]).await;
+        let policy = opts.policy.map(|text| {
+            let path = tars_testkit::nats_server::temp_dir("tars-policy").join("policy.toml");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
         let governance = FakeGovernance::start(GOV_TOKEN).await;
         governance.allow_any_tenant(true);
         let ingress_metrics = Metrics::new();
@@ -129,6 +139,7 @@ impl Stack {
             .into(),
             slack_approvers: format!("{SLACK_APPROVER}:bob"),
             slack_approvers_reviewed: opts.approvers_reviewed.clone(),
+            approval_policy: policy,
             metrics_addr: opts.separate_metrics.then(|| ([127, 0, 0, 1], 0).into()),
             slack_team_id: Some("T1".into()),
             slack_channel_id: Some(CHANNEL.into()),

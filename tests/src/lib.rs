@@ -59,6 +59,7 @@ pub async fn seed_finished_by(
             Permission::ReadOnly,
             None,
             None,
+            &machine::Intake::default(),
             now,
         )
         .record;

@@ -60,6 +60,14 @@ pub enum Event {
         /// The status the request already had.
         status: RequestStatus,
     },
+    /// One approval of a request that needs more than one; it stays pending.
+    #[serde(rename = "request.approval_added")]
+    RequestApprovalAdded {
+        /// The approver.
+        by: Username,
+        /// Where the approval came from.
+        source: Source,
+    },
     /// The request was approved; the governance-applier grants it.
     #[serde(rename = "request.approved")]
     RequestApproved {
@@ -120,10 +128,11 @@ fn yes() -> bool {
 impl Event {
     /// Every `type` string, for reading one request's events subject by subject (a request's
     /// history is the messages on `tars.<kind>.<id>` for each of these).
-    pub const KINDS: [&'static str; 11] = [
+    pub const KINDS: [&'static str; 12] = [
         "request.submitted",
         "decision.requested",
         "decision.rejected",
+        "request.approval_added",
         "request.approved",
         "request.denied",
         "request.cancelled",
@@ -140,6 +149,7 @@ impl Event {
             Self::RequestSubmitted { .. } => "request.submitted",
             Self::DecisionRequested { .. } => "decision.requested",
             Self::DecisionRejected { .. } => "decision.rejected",
+            Self::RequestApprovalAdded { .. } => "request.approval_added",
             Self::RequestApproved { .. } => "request.approved",
             Self::RequestDenied { .. } => "request.denied",
             Self::RequestCancelled {} => "request.cancelled",
@@ -263,6 +273,10 @@ mod tests {
                 decision: Decision::Deny,
                 by: u(),
                 status: RequestStatus::Denied,
+            },
+            Event::RequestApprovalAdded {
+                by: u(),
+                source: Source::Rest,
             },
             Event::RequestApproved {
                 by: u(),

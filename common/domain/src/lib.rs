@@ -8,6 +8,7 @@
 //! | [`record`] | the request record and its statuses |
 //! | [`events`] | the versioned event envelope of `TARS_EVENTS` |
 //! | [`machine`] | `(record, command, now, policy) → (record', effects) | refusal`: every lifecycle rule, in one place |
+//! | [`policy`] | the approval policy file: approvers per tenant, N-of-M, auto-approval, channels, durations |
 //! | [`duration`] | humantime durations (`90s`, `12h`, `7d`) for configuration and requests |
 //!
 //! This crate depends on no async runtime, no NATS and no HTTP client, so every rule is
@@ -17,9 +18,10 @@ pub mod duration;
 pub mod events;
 pub mod ids;
 pub mod machine;
+pub mod policy;
 pub mod record;
 
 pub use ids::{Justification, ParseError, Permission, RequestId, TenantName, Username};
 pub use record::{
-    Outgoing, RequestRecord, RequestStatus, SlackClaim, SlackMessageRef, Source, now,
+    ApprovalMark, Outgoing, RequestRecord, RequestStatus, SlackClaim, SlackMessageRef, Source, now,
 };

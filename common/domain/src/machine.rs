@@ -27,6 +27,32 @@ use crate::record::{Outgoing, RequestRecord, RequestStatus, Source};
 /// The actor TARS records for the steps it takes itself (expiry, governance outcomes).
 pub const SYSTEM_ACTOR: &str = "tars";
 
+/// The approver recorded for requests the policy approves without a human.
+pub const POLICY_ACTOR: &str = "policy";
+
+/// What the approval policy says about a new request, fixed at submit so a policy
+/// changed while it waits does not change what it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Intake {
+    /// Distinct approvals it needs.
+    pub approvals_required: u32,
+    /// Approved at once, without a human (`decided_by: policy`).
+    pub auto_approve: bool,
+    /// The Slack channel of its approval message, when the policy names one.
+    pub approval_channel: Option<String>,
+}
+
+impl Default for Intake {
+    /// One approval, nobody automatic, the default channel.
+    fn default() -> Self {
+        Self {
+            approvals_required: 1,
+            auto_approve: false,
+            approval_channel: None,
+        }
+    }
+}
+
 /// The rules the machine applies that come from configuration. Approval policy (who may
 /// approve which tenant, how many approvals) joins here, so every shell that steps the
 /// machine applies the same rules.
@@ -128,6 +154,9 @@ pub enum Dedupe {
     /// message that caused it: an outcome that may happen again (a refused decision, a
     /// failure after a replay) is kept once per cause.
     PerCause,
+    /// `<request_id>.<type>.<actor>`: one approver's partial approval is kept once
+    /// however often they click.
+    PerActor,
 }
 
 /// An event to append to `TARS_EVENTS`.
@@ -148,6 +177,7 @@ impl Emit {
         match self.dedupe {
             Dedupe::Transition => format!("{request_id}.{}", self.event.kind()),
             Dedupe::PerCause => format!("{request_id}.{}.{cause}", self.event.kind()),
+            Dedupe::PerActor => format!("{request_id}.{}.{}", self.event.kind(), self.actor),
         }
     }
 }
@@ -237,6 +267,9 @@ pub enum Refusal {
     /// access whose time has not run out.
     #[error("the request is not due to expire")]
     NotDue,
+    /// This approver's approval is counted already; the request needs more approvers.
+    #[error("your approval is counted already; it needs approvals from others")]
+    AlreadyCounted,
     /// Only applied access can be revoked.
     #[error("only applied access can be revoked; this request is {status}")]
     NotApplied {
@@ -248,7 +281,9 @@ pub enum Refusal {
 /// The reason recorded when time-bound access runs out.
 pub const EXPIRED_REASON: &str = "expired";
 
-/// A new request, pending, and the `request.submitted` event that announces it.
+/// A new request and the `request.submitted` event that announces it: pending, or, when
+/// the policy approves it without a human, approved by [`POLICY_ACTOR`] in the same write.
+#[allow(clippy::too_many_arguments)]
 pub fn submit(
     request_id: RequestId,
     requester: Username,
@@ -256,6 +291,7 @@ pub fn submit(
     permission: Permission,
     justification: Option<Justification>,
     access_duration: Option<Duration>,
+    intake: &Intake,
     now: OffsetDateTime,
 ) -> Step {
     let mut record = RequestRecord::new_pending(
@@ -267,15 +303,27 @@ pub fn submit(
         now,
     );
     record.access_duration_secs = access_duration.map(|d| d.as_secs());
-    let emit = Emit {
+    record.approvals_required = intake.approvals_required.max(1);
+    record.approval_channel = intake.approval_channel.clone();
+    let mut effects = vec![Effect::Emit(Emit {
         event: Event::submitted(&record),
         actor: record.requester.to_string(),
         dedupe: Dedupe::Transition,
-    };
+    })];
+    if intake.auto_approve
+        && let Ok(policy) = Username::parse(POLICY_ACTOR)
+    {
+        let approved = Event::RequestApproved {
+            by: policy,
+            source: Source::System,
+        };
+        record = evolve(&record, &approved, POLICY_ACTOR, now);
+        effects.push(Effect::Emit(transition(approved, POLICY_ACTOR)));
+    }
     Step {
         record,
         changed: true,
-        effects: vec![Effect::Emit(emit)],
+        effects,
     }
 }
 
@@ -345,16 +393,40 @@ fn consequences(
                 },
             };
             let same_decider = r.decided_by.as_deref() == Some(by.as_str());
+            let approved_already = r.approvals.iter().any(|a| a.by == by.as_str());
             let consistent = match decision {
                 Decision::Approve => matches!(r.status, S::Approved | S::Applied | S::Failed),
                 Decision::Deny => r.status == S::Denied,
             };
-            // Pending: the decision wins. Decided by this decider the same way: a
-            // redelivery, which re-emits its event in case it was lost.
-            if r.status == S::Pending || (same_decider && consistent) {
-                Ok((vec![transition(event, by.as_str())], vec![]))
-            } else {
-                Err(settled(r))
+            let partial = || Emit {
+                event: Event::RequestApprovalAdded {
+                    by: by.clone(),
+                    source: *source,
+                },
+                actor: by.to_string(),
+                dedupe: Dedupe::PerActor,
+            };
+            match (r.status, decision) {
+                // The same approver twice counts once: a repeat of their approval.
+                (S::Pending, Decision::Approve) if approved_already => {
+                    Ok((vec![partial()], vec![]))
+                }
+                // Not enough distinct approvals yet: recorded, still pending.
+                (S::Pending, Decision::Approve)
+                    if (r.approvals.len() as u64) + 1 < u64::from(r.approvals_required) =>
+                {
+                    Ok((vec![partial()], vec![]))
+                }
+                // Pending: the decision wins (a deny by any approver ends it).
+                (S::Pending, _) => Ok((vec![transition(event, by.as_str())], vec![])),
+                // Decided by this decider the same way: a redelivery, which re-emits its
+                // event in case it was lost.
+                _ if same_decider && consistent => {
+                    Ok((vec![transition(event, by.as_str())], vec![]))
+                }
+                // An earlier approver of an approved request: nothing to do.
+                (_, Decision::Approve) if approved_already && consistent => Ok((vec![], vec![])),
+                _ => Err(settled(r)),
             }
         }
         Command::Cancel { by } => {
@@ -510,7 +582,16 @@ pub fn evolve(
 ) -> RequestRecord {
     use RequestStatus as S;
     let mut r = record.clone();
-    let mut decide = |status: RequestStatus, by: &str, source: Source| {
+    let mark = |r: &mut RequestRecord, by: &str, source: Source| {
+        if r.status == S::Pending && !r.approvals.iter().any(|a| a.by == by) {
+            r.approvals.push(crate::record::ApprovalMark {
+                by: by.to_owned(),
+                at,
+                source,
+            });
+        }
+    };
+    let decide = |r: &mut RequestRecord, status: RequestStatus, by: &str, source: Source| {
         if r.status == S::Pending {
             r.status = status;
             r.decided_by = Some(by.to_owned());
@@ -519,10 +600,14 @@ pub fn evolve(
         }
     };
     match event {
-        Event::RequestApproved { by, source } => decide(S::Approved, by.as_str(), *source),
-        Event::RequestDenied { by, source } => decide(S::Denied, by.as_str(), *source),
-        Event::RequestCancelled {} => decide(S::Cancelled, actor, Source::Rest),
-        Event::RequestExpired {} => decide(S::Expired, SYSTEM_ACTOR, Source::System),
+        Event::RequestApprovalAdded { by, source } => mark(&mut r, by.as_str(), *source),
+        Event::RequestApproved { by, source } => {
+            mark(&mut r, by.as_str(), *source);
+            decide(&mut r, S::Approved, by.as_str(), *source);
+        }
+        Event::RequestDenied { by, source } => decide(&mut r, S::Denied, by.as_str(), *source),
+        Event::RequestCancelled {} => decide(&mut r, S::Cancelled, actor, Source::Rest),
+        Event::RequestExpired {} => decide(&mut r, S::Expired, SYSTEM_ACTOR, Source::System),
         Event::RequestApplied { added, .. } => {
             if matches!(r.status, S::Approved | S::Failed) {
                 // After a failure an earlier attempt may have added the membership (its
@@ -584,6 +669,7 @@ mod tests {
             Permission::ReadOnly,
             None,
             None,
+            &Intake::default(),
             t0(),
         )
         .record
@@ -754,6 +840,7 @@ mod tests {
             Permission::ReadOnly,
             None,
             duration,
+            &Intake::default(),
             t0(),
         )
         .record;
@@ -829,6 +916,103 @@ mod tests {
         assert_eq!(order.record.status, RequestStatus::Revoked);
     }
 
+    fn needing(approvals: u32, auto: bool) -> RequestRecord {
+        submit(
+            RequestId::new(),
+            user("alice"),
+            TenantName::parse("genomics").unwrap(),
+            Permission::ReadWrite,
+            None,
+            None,
+            &Intake {
+                approvals_required: approvals,
+                auto_approve: auto,
+                approval_channel: None,
+            },
+            t0(),
+        )
+        .record
+    }
+
+    #[test]
+    fn two_distinct_approvers_approve_and_one_twice_counts_once() {
+        let p = Policy::default();
+        let r = needing(2, false);
+        let first = step(&r, &approve("bob"), t0(), &p).unwrap();
+        assert!(first.changed);
+        assert_eq!(first.record.status, RequestStatus::Pending);
+        assert_eq!(first.record.approvals.len(), 1);
+        assert!(matches!(
+            &first.effects[..],
+            [Effect::Emit(Emit {
+                event: Event::RequestApprovalAdded { .. },
+                dedupe: Dedupe::PerActor,
+                ..
+            })]
+        ));
+        let again = step(&first.record, &approve("bob"), t0(), &p).unwrap();
+        assert!(!again.changed, "the same approver twice counts once");
+        let second = step(&first.record, &approve("carol"), t0(), &p).unwrap();
+        assert_eq!(second.record.status, RequestStatus::Approved);
+        assert_eq!(second.record.decided_by.as_deref(), Some("carol"));
+        let by: Vec<&str> = second
+            .record
+            .approvals
+            .iter()
+            .map(|a| a.by.as_str())
+            .collect();
+        assert_eq!(by, ["bob", "carol"]);
+        // A late click of the first approver changes nothing and is not a refusal.
+        let late = step(&second.record, &approve("bob"), t0(), &p).unwrap();
+        assert!(!late.changed && late.effects.is_empty());
+    }
+
+    #[test]
+    fn a_deny_by_any_approver_ends_a_partly_approved_request() {
+        let p = Policy::default();
+        let r = step(&needing(2, false), &approve("bob"), t0(), &p)
+            .unwrap()
+            .record;
+        let deny = Command::Decide {
+            decision: Decision::Deny,
+            by: user("carol"),
+            source: Source::Rest,
+        };
+        let s = step(&r, &deny, t0(), &p).unwrap();
+        assert_eq!(s.record.status, RequestStatus::Denied);
+        assert_eq!(s.record.decided_by.as_deref(), Some("carol"));
+    }
+
+    #[test]
+    fn the_policy_approves_at_submit_in_the_same_write() {
+        let r = needing(1, true);
+        assert_eq!(r.status, RequestStatus::Approved);
+        assert_eq!(r.decided_by.as_deref(), Some(POLICY_ACTOR));
+        assert_eq!(r.decision_source, Some(Source::System));
+        let s = submit(
+            RequestId::new(),
+            user("alice"),
+            TenantName::parse("public").unwrap(),
+            Permission::ReadOnly,
+            None,
+            None,
+            &Intake {
+                auto_approve: true,
+                ..Intake::default()
+            },
+            t0(),
+        );
+        let kinds: Vec<&str> = s
+            .effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Emit(em) => Some(em.event.kind()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, ["request.submitted", "request.approved"]);
+    }
+
     const PEOPLE: [&str; 3] = ["alice", "bob", "carol"];
 
     fn any_command() -> impl Strategy<Value = Command> {
@@ -884,6 +1068,7 @@ mod tests {
             r.failure_reason.clone(),
             r.access_expires_at,
             r.membership_added,
+            r.approvals.clone(),
             (r.revoked_by.clone(), r.revoked_reason.clone(), r.revoked_at),
         )
     }
@@ -900,9 +1085,12 @@ mod tests {
             requester in 0..PEOPLE.len(),
             ttl_secs in 1u64..1_000,
             duration in proptest::option::of(1u64..2_000),
+            required in 1u32..4,
+            auto in proptest::bool::weighted(0.1),
             script in proptest::collection::vec((any_command(), 0i64..400), 1..40),
         ) {
             let policy = Policy { request_ttl: Duration::from_secs(ttl_secs) };
+            let mut history: Vec<(Event, String, OffsetDateTime)> = Vec::new();
             let first = submit(
                 RequestId::new(),
                 user(PEOPLE[requester]),
@@ -910,11 +1098,24 @@ mod tests {
                 Permission::ReadWrite,
                 None,
                 duration.map(Duration::from_secs),
+                &Intake { approvals_required: required, auto_approve: auto, approval_channel: None },
                 t0(),
             );
-            let initial = first.record.clone();
+            prop_assert_eq!(first.record.status == RequestStatus::Approved, auto);
+            let initial = RequestRecord {
+                status: RequestStatus::Pending,
+                decided_by: None,
+                decided_at: None,
+                decision_source: None,
+                approvals: Vec::new(),
+                ..first.record.clone()
+            };
+            for e in &first.effects {
+                if let Effect::Emit(em) = e {
+                    history.push((em.event.clone(), em.actor.clone(), t0()));
+                }
+            }
             let mut record = first.record;
-            let mut history: Vec<(Event, String, OffsetDateTime)> = Vec::new();
             let mut now = t0();
             let mut winning_decisions = 0;
             let mut ever_applied = false;
@@ -944,9 +1145,19 @@ mod tests {
                             || before.status.successors().contains(&s.record.status),
                         "{} -> {} not in successors", before.status, s.record.status
                     );
-                    if before.status == RequestStatus::Pending {
+                    if before.status == RequestStatus::Pending && s.record.status != RequestStatus::Pending {
                         winning_decisions += 1;
                     }
+                    if before.status == RequestStatus::Pending && s.record.status == RequestStatus::Approved {
+                        let distinct: std::collections::BTreeSet<&str> =
+                            s.record.approvals.iter().map(|a| a.by.as_str()).collect();
+                        prop_assert_eq!(distinct.len(), s.record.approvals.len(), "an approver counted twice");
+                        prop_assert!(distinct.len() as u32 >= required, "approved with {} of {}", distinct.len(), required);
+                    }
+                    prop_assert!(
+                        s.record.approvals.iter().all(|a| a.by != s.record.requester.as_str()),
+                        "the requester approved their own request"
+                    );
                 } else {
                     prop_assert_eq!(&s.record, &before);
                 }

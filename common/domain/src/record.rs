@@ -214,6 +214,16 @@ pub struct RequestRecord {
     /// time-bound access (bounded by `MAX_ACCESS_DURATION`).
     #[serde(default)]
     pub access_duration_secs: Option<u64>,
+    /// Distinct approvals this request needs (from the policy at submit; 1 without one).
+    #[serde(default = "one")]
+    pub approvals_required: u32,
+    /// The approvals given so far, in order (the last one, reaching the count, approved it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub approvals: Vec<ApprovalMark>,
+    /// The Slack channel the policy sends this tenant's requests to (else the notifier's
+    /// `SLACK_CHANNEL_ID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_channel: Option<String>,
     /// When time-bound access ends: set when it is applied (`applied_at` plus the
     /// duration); the decision worker's sweep starts the revocation once it has passed.
     #[serde(default, with = "time::serde::rfc3339::option")]
@@ -242,6 +252,22 @@ pub struct RequestRecord {
 
 fn yes() -> bool {
     true
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One approver's approval of a request that needs several.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApprovalMark {
+    /// The approver's KBase username.
+    pub by: String,
+    /// When.
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: OffsetDateTime,
+    /// Slack or REST.
+    pub source: Source,
 }
 
 /// One event waiting in a record's outbox, with the message id that keeps it once in
@@ -288,6 +314,9 @@ impl RequestRecord {
             slack: None,
             slack_claim: None,
             access_duration_secs: None,
+            approvals_required: 1,
+            approvals: Vec::new(),
+            approval_channel: None,
             access_expires_at: None,
             membership_added: true,
             revoked_by: None,

@@ -71,6 +71,21 @@ pub fn outcome_line(r: &RequestRecord) -> String {
     }
 }
 
+/// "1 of 2 approvals: alice_pi" for a request that needs several.
+pub fn approvals_line(r: &RequestRecord) -> String {
+    let names: Vec<String> = r.approvals.iter().map(|a| escape(&a.by)).collect();
+    let mut line = format!(
+        "{} of {} approvals",
+        r.approvals.len(),
+        r.approvals_required
+    );
+    if !names.is_empty() {
+        line.push_str(": ");
+        line.push_str(&names.join(", "));
+    }
+    line
+}
+
 /// Why access ended: its time ran out, or who revoked it and their words.
 fn ended_why(r: &RequestRecord) -> String {
     let reason = r.revoked_reason.as_deref().unwrap_or("revoked");
@@ -125,6 +140,11 @@ pub fn render(r: &RequestRecord) -> (String, Value) {
     }
     blocks.push(json!({"type": "context", "elements": [
         {"type": "mrkdwn", "text": format!("Request `{}`", r.request_id)}]}));
+    if r.status == RequestStatus::Pending && r.approvals_required > 1 {
+        blocks.push(
+            json!({"type": "context", "elements": [{"type": "mrkdwn", "text": approvals_line(r)}]}),
+        );
+    }
     if r.status == RequestStatus::Pending {
         blocks.push(
             json!({"type": "actions", "block_id": "decision", "elements": [

@@ -31,9 +31,9 @@ fn entry(env: &Envelope) -> Value {
         Event::DecisionRejected {
             decision, status, ..
         } => (None, json!({"decision": decision, "already": status})),
-        Event::RequestApproved { source, .. } | Event::RequestDenied { source, .. } => {
-            (Some(*source), Value::Null)
-        }
+        Event::RequestApproved { source, .. }
+        | Event::RequestDenied { source, .. }
+        | Event::RequestApprovalAdded { source, .. } => (Some(*source), Value::Null),
         Event::RequestApplied { group, added } => {
             (None, json!({"group": group, "membership_added": added}))
         }

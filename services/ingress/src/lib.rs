@@ -135,6 +135,9 @@ pub struct Args {
     /// Most open (pending) requests per user.
     #[arg(long, env = "MAX_OPEN_REQUESTS_PER_USER", default_value_t = 20)]
     pub max_open_requests_per_user: usize,
+    /// The approval policy file (TOML); unset: one approval by an admin for every tenant.
+    #[arg(long, env = "APPROVAL_POLICY")]
+    pub approval_policy: Option<std::path::PathBuf>,
     /// Longest time-bound access a request may ask for (`duration`).
     #[arg(long, env = "MAX_ACCESS_DURATION", default_value = "90d", value_parser = parse_duration)]
     pub max_access_duration: Duration,
@@ -182,6 +185,7 @@ impl Args {
             trust_x_forwarded_for: false,
             max_open_requests_per_user: 20,
             max_access_duration: Duration::from_secs(90 * 86_400),
+            approval_policy: None,
             request_timeout: Duration::from_secs(15),
             governance: Default::default(),
         }
@@ -211,6 +215,17 @@ pub fn parse_approvers(s: &str) -> Result<HashMap<String, Username>, ConfigError
         out.insert(slack.trim().to_owned(), user);
     }
     Ok(out)
+}
+
+/// Reads and checks the approval policy file; the error names the file, line and reason.
+pub fn load_policy(
+    path: &std::path::Path,
+) -> Result<tars_domain::policy::ApprovalPolicy, ConfigError> {
+    let file = path.display().to_string();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new("APPROVAL_POLICY", format!("{file}: {e}")))?;
+    tars_domain::policy::ApprovalPolicy::parse(&file, &text)
+        .map_err(|e| ConfigError::new("APPROVAL_POLICY", e.to_string()))
 }
 
 /// Parses `SLACK_APPROVERS_REVIEWED` (`YYYY-MM-DD`, midnight UTC).
@@ -299,6 +314,14 @@ impl Application {
                 None
             }
         };
+        let approval_policy = match args.approval_policy.as_deref().map(load_policy) {
+            None => Default::default(),
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                problems.push(e);
+                Default::default()
+            }
+        };
         let governance = args.governance.client(&metrics, &mut problems);
         if governance.is_none() {
             tracing::warn!("GOVERNANCE_API_URL is not set: tenants are not checked at submit");
@@ -354,6 +377,7 @@ impl Application {
             client: conn.client.clone(),
             policy: tars_domain::machine::Policy::default(),
             tenants: governance.map(tenants::TenantCheck::new),
+            approval_policy: Arc::new(approval_policy),
         };
         let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
         let probes = match args.metrics_addr {

@@ -77,4 +77,7 @@ pub struct AppState {
     pub policy: Policy,
     /// Refuses unknown or ambiguous tenants at submit, when a governance API is set.
     pub tenants: Option<crate::tenants::TenantCheck>,
+    /// `APPROVAL_POLICY`: who decides each tenant's requests, how many approvals they
+    /// need, what is automatic, where messages go, how long access may last.
+    pub approval_policy: Arc<tars_domain::policy::ApprovalPolicy>,
 }

@@ -22,6 +22,8 @@ pub struct TenantCheck {
     client: GovernanceClient,
     /// tenant name → whether the governance API knows it.
     known: moka::future::Cache<String, bool>,
+    /// tenant name → its stewards' usernames.
+    stewards: moka::future::Cache<String, std::sync::Arc<Vec<String>>>,
 }
 
 impl TenantCheck {
@@ -33,7 +35,31 @@ impl TenantCheck {
                 .max_capacity(10_000)
                 .time_to_live(TTL)
                 .build(),
+            stewards: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(TTL)
+                .build(),
         }
+    }
+
+    /// The usernames of `tenant`'s stewards (none for a tenant the governance API does
+    /// not know), cached like existence; an outage is 503, never "no stewards".
+    pub async fn stewards(
+        &self,
+        tenant: &TenantName,
+    ) -> Result<std::sync::Arc<Vec<String>>, ApiError> {
+        let lookup = async {
+            self.client.tenant(tenant).await.map(|t| {
+                std::sync::Arc::new(
+                    t.map(|info| info.stewards.into_iter().map(|s| s.username).collect())
+                        .unwrap_or_default(),
+                )
+            })
+        };
+        self.stewards
+            .try_get_with(tenant.as_str().to_owned(), lookup)
+            .await
+            .map_err(|e| unavailable(&e))
     }
 
     async fn exists(&self, tenant: &str) -> Result<bool, ApiError> {

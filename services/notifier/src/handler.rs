@@ -78,9 +78,14 @@ impl Worker {
         if let Some(msg) = &rec.slack {
             return self.update(msg, &rec).await;
         }
+        // The policy may send this tenant's requests to their own channel.
+        let channel = rec
+            .approval_channel
+            .clone()
+            .unwrap_or_else(|| self.channel.clone());
         // Wait out a rate-limit pause first: the claim then covers only the post (and its
         // pacing slot), so it never ages past its lease while the channel is paused.
-        self.slack.wait_turn(&self.channel).await;
+        self.slack.wait_turn(&channel).await;
         // One lease per attempt, not per process: two events of one request handled at
         // once by the same replica must not both post.
         let me = format!(
@@ -136,11 +141,7 @@ impl Worker {
         if let Some(since) = look_since {
             // A minute of slack for clocks that disagree.
             let oldest = since.unix_timestamp() - 60;
-            match self
-                .slack
-                .find_posted(&self.channel, id.as_str(), oldest)
-                .await
-            {
+            match self.slack.find_posted(&channel, id.as_str(), oldest).await {
                 Ok(Some(found)) => {
                     tracing::info!(ts = %found.ts, "the earlier post had landed: keeping it");
                     return self.keep(id, &rec, &me, found).await;
@@ -157,7 +158,7 @@ impl Worker {
             fail::fail_point!("notify.before_post");
             let posted = self
                 .slack
-                .post_message(&self.channel, &text, &blocks, id.as_str())
+                .post_message(&channel, &text, &blocks, id.as_str())
                 .await;
             fail::fail_point!("notify.after_post");
             match posted {
@@ -165,7 +166,7 @@ impl Worker {
                 // delivery attempt), then renew the lease and try again. A lease lost
                 // meanwhile belongs to an attempt that looks before it posts.
                 Err(SlackError::RateLimited(_)) => {
-                    self.slack.wait_turn(&self.channel).await;
+                    self.slack.wait_turn(&channel).await;
                     if !self.renew(id, &me).await {
                         return Outcome::Ack;
                     }

@@ -1,4 +1,5 @@
-//! The admins' API: approve or deny over REST.
+//! The approvers' API: approve or deny over REST, for whoever the approval policy names
+//! for the request's tenant (admins, without a policy).
 
 use axum::Json;
 use axum::extract::State;
@@ -11,7 +12,7 @@ use tars_domain::{Permission, RequestId, RequestRecord, Source, TenantName, User
 use tars_jetstream::store::open_slot;
 
 use crate::error::ApiError;
-use crate::extract::{Admin, StrictJson};
+use crate::extract::{Caller, StrictJson};
 use crate::state::AppState;
 
 /// `{request_id}` or the older `{requester, tenant_name, permission}`; `channel_id` and
@@ -78,11 +79,41 @@ pub fn may_decide(
     };
     match machine::step(rec, &cmd, now(), &st.policy)? {
         step if step.changed => Ok(()),
+        step if step.record.status == tars_domain::RequestStatus::Pending => {
+            Err(Refusal::AlreadyCounted)
+        }
         step => Err(Refusal::Settled {
             status: step.record.status,
             by: step.record.decided_by,
         }),
     }
+}
+
+/// Whether the policy lets this person decide `rec` (named, holding a listed role, a
+/// steward of the tenant, or an admin where admins decide). Stewards are looked up in the
+/// governance API (cached) only when the tenant's rules name them.
+pub async fn policy_allows(
+    st: &AppState,
+    rec: &RequestRecord,
+    username: &Username,
+    roles: &[String],
+    is_admin: bool,
+) -> Result<bool, ApiError> {
+    let rules = st.approval_policy.rules(&rec.tenant_name);
+    let is_steward = match (&st.tenants, rules.names_stewards()) {
+        (Some(check), true) => check
+            .stewards(&rec.tenant_name)
+            .await?
+            .iter()
+            .any(|s| s == username.as_str()),
+        _ => false,
+    };
+    Ok(rules.may_decide(&tars_domain::policy::Decider {
+        username,
+        roles,
+        is_admin,
+        is_steward,
+    }))
 }
 
 async fn resolve(st: &AppState, body: &DecisionBody) -> Result<RequestId, ApiError> {
@@ -114,18 +145,31 @@ async fn resolve(st: &AppState, body: &DecisionBody) -> Result<RequestId, ApiErr
 
 async fn decide(
     st: AppState,
-    admin: Username,
+    caller: tars_kbase::AuthUser,
     body: DecisionBody,
     decision: Decision,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let id = resolve(&st, &body).await?;
+    // Somebody who is not an admin hears the same 403 whether the request exists or not,
+    // so these routes tell nobody which requests exist but those who may decide them.
+    let not_approver = || ApiError::forbidden("you are not an approver of this request");
+    let found = match resolve(&st, &body).await {
+        Ok(id) => st.store.get(&id).await?.map(|v| v.value).ok_or(id),
+        Err(e) if e.status == StatusCode::NOT_FOUND && !caller.is_admin => {
+            return Err(not_approver());
+        }
+        Err(e) => return Err(e),
+    };
+    let rec = match found {
+        Ok(rec) => rec,
+        Err(_) if !caller.is_admin => return Err(not_approver()),
+        Err(id) => return Err(ApiError::not_found(format!("request {id}"))),
+    };
+    let id = rec.request_id.clone();
     super::name_request(&id);
-    let rec = st
-        .store
-        .get(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("request {id}")))?
-        .value;
+    if !policy_allows(&st, &rec, &caller.username, &caller.roles, caller.is_admin).await? {
+        return Err(not_approver());
+    }
+    let admin = caller.username;
     match may_decide(&st, &rec, decision, &admin, Source::Rest) {
         Ok(()) => {}
         Err(Refusal::OwnRequest) => {
@@ -161,17 +205,17 @@ async fn decide(
 /// `POST /approvals/approve`.
 pub async fn approve(
     State(st): State<AppState>,
-    Admin(admin): Admin,
+    Caller(caller): Caller,
     StrictJson(body): StrictJson<DecisionBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    decide(st, admin.username, body, Decision::Approve).await
+    decide(st, caller, body, Decision::Approve).await
 }
 
 /// `POST /approvals/deny`.
 pub async fn deny(
     State(st): State<AppState>,
-    Admin(admin): Admin,
+    Caller(caller): Caller,
     StrictJson(body): StrictJson<DecisionBody>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    decide(st, admin.username, body, Decision::Deny).await
+    decide(st, caller, body, Decision::Deny).await
 }

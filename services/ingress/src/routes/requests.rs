@@ -111,6 +111,25 @@ pub async fn submit(
     if let Some(check) = &st.tenants {
         check.check(&tenant, permission).await?;
     }
+    let rules = st.approval_policy.rules(&tenant);
+    if let (Some(d), Some(max)) = (duration, rules.max_duration)
+        && d > max
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_error",
+            format!(
+                "duration: at most {} for tenant {tenant}",
+                format_duration(max)
+            ),
+        ));
+    }
+    let duration = duration.or(rules.default_duration);
+    let intake = machine::Intake {
+        approvals_required: rules.approvals_for(permission),
+        auto_approve: rules.auto_approves(permission),
+        approval_channel: rules.slack_channel.clone(),
+    };
     let requester = user.username;
     let slot = open_slot(&tenant, permission);
     let new_request = |id: RequestId| {
@@ -121,6 +140,7 @@ pub async fn submit(
             permission,
             justification.clone(),
             duration,
+            &intake,
             now(),
         )
     };
@@ -210,12 +230,23 @@ async fn create(st: &AppState, step: machine::Step) -> Result<Response, ApiError
         return Ok((StatusCode::OK, Json(answer(&rec, already_open(&rec)))).into_response());
     }
     fail::fail_point!("submit.after_write");
-    st.metrics.requests.with_label_values(&["pending"]).inc();
-    let msg = format!(
-        "Request {} for {} access to {} submitted; an approver has been notified. \
-         Follow it with GET /requests/{}.",
-        record.request_id, record.permission, record.tenant_name, record.request_id
-    );
+    st.metrics
+        .requests
+        .with_label_values(&[record.status.as_str()])
+        .inc();
+    let msg = if record.status == RequestStatus::Approved {
+        format!(
+            "Request {} for {} access to {} was approved by the approval policy and is being \
+             applied. Follow it with GET /requests/{}.",
+            record.request_id, record.permission, record.tenant_name, record.request_id
+        )
+    } else {
+        format!(
+            "Request {} for {} access to {} submitted; an approver has been notified. \
+             Follow it with GET /requests/{}.",
+            record.request_id, record.permission, record.tenant_name, record.request_id
+        )
+    };
     Ok((StatusCode::ACCEPTED, Json(answer(&record, msg))).into_response())
 }
 

@@ -20,7 +20,7 @@ use tars_jetstream::store::StoreError;
 use tars_slack::signature;
 
 use crate::error::ApiError;
-use crate::routes::approvals::{may_decide, publish_decision};
+use crate::routes::approvals::{may_decide, policy_allows, publish_decision};
 use crate::routes::slack_payload::{
     self, Click, ClickAction, Interaction, ModalMeta, ModalSubmit, Origin,
 };
@@ -202,7 +202,9 @@ async fn click(st: &AppState, c: Click) -> Result<Response, ApiError> {
             else {
                 return Ok(StatusCode::OK.into_response());
             };
-            if let Some(why) = refusal(st, &id, decision, kbase_user).await? {
+            // An allowlisted Slack user counts as an admin (the list is the operator's
+            // grant); the tenant's policy may still name other approvers.
+            if let Some(why) = refusal(st, &id, decision, kbase_user, &[], true).await? {
                 tell(st, response_url, why);
                 return Ok(StatusCode::OK.into_response());
             }
@@ -286,10 +288,18 @@ async fn refusal(
     id: &RequestId,
     decision: Decision,
     by: &Username,
+    roles: &[String],
+    is_admin: bool,
 ) -> Result<Option<String>, ApiError> {
     let Some(rec) = st.store.get(id).await? else {
         return Ok(Some(format!("Request {id} does not exist.")));
     };
+    if !policy_allows(st, &rec.value, by, roles, is_admin).await? {
+        return Ok(Some(format!(
+            "You are not an approver of tenant {}; your click changed nothing.",
+            rec.value.tenant_name
+        )));
+    }
     Ok(
         match may_decide(st, &rec.value, decision, by, Source::Slack) {
             Ok(()) => None,
@@ -327,13 +337,19 @@ async fn submit_token(st: &AppState, m: ModalSubmit) -> Result<Response, ApiErro
         Err(_) => return Ok(modal_error("That KBase token is not valid.")),
     };
     drop(token);
-    if !user.is_admin {
-        return Ok(modal_error("That KBase account has no admin role."));
-    }
     super::name_request(&meta.request_id);
     // The same refusals a click gets (own request, decided already), shown in the modal
     // instead of closing it as if the decision had been taken.
-    if let Some(why) = refusal(st, &meta.request_id, meta.decision, &user.username).await? {
+    if let Some(why) = refusal(
+        st,
+        &meta.request_id,
+        meta.decision,
+        &user.username,
+        &user.roles,
+        user.is_admin,
+    )
+    .await?
+    {
         return Ok(modal_error(&why));
     }
     let kind = format!("{:?}", meta.decision);
