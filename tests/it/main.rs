@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod architecture;
+mod audit;
 mod growth;
 mod ingress;
 mod lifecycle;

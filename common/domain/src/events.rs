@@ -185,6 +185,13 @@ pub struct Envelope {
     pub at: OffsetDateTime,
     /// Who caused it: a username, or `tars` for the system.
     pub actor: String,
+    /// The tenant of the request, so the audit can be read by tenant (absent in events
+    /// written before it was added, and in decision requests for unknown requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant_name: Option<TenantName>,
+    /// Who asked for the request, for the audit's `requester` filter (absent as above).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester: Option<Username>,
     /// The typed body (`type` + `data`).
     #[serde(flatten)]
     pub event: Event,
@@ -220,8 +227,17 @@ impl Envelope {
             request_id,
             at,
             actor: actor.into(),
+            tenant_name: None,
+            requester: None,
             event,
         }
+    }
+
+    /// Names the request's tenant and requester in the envelope (for the audit filters).
+    pub fn about(mut self, record: &RequestRecord) -> Self {
+        self.tenant_name = Some(record.tenant_name.clone());
+        self.requester = Some(record.requester.clone());
+        self
     }
 
     /// The subject: `tars.<type>.<request_id>`.

@@ -234,7 +234,7 @@ impl Step {
                 Effect::Emit(e) => record.outbox.push(Outgoing {
                     msg_id: e.msg_id(&id, cause),
                     traceparent: traceparent.clone(),
-                    envelope: Envelope::at(id.clone(), e.actor, e.event, at),
+                    envelope: Envelope::at(id.clone(), e.actor, e.event, at).about(&record),
                 }),
                 other => rest.push(other),
             }

@@ -84,6 +84,22 @@ impl DirectReader {
         self.batch(request).await
     }
 
+    /// Up to `max` messages matching `filter` stored at or after `since`: the first page
+    /// of a read by time (later pages go on by sequence with [`Self::page`]).
+    pub async fn page_since(
+        &self,
+        filter: &str,
+        since: time::OffsetDateTime,
+        max: usize,
+    ) -> Result<Page, DirectError> {
+        let start = since
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|e| self.error(e))?;
+        let request =
+            serde_json::json!({"next_by_subj": filter, "start_time": start, "batch": max});
+        self.batch(request).await
+    }
+
     /// The last message of every subject matching `filter`, found through the server's
     /// subject index (the cost is the matching subjects, not the stream); `None` when more
     /// than the server answers at once (1,024) match.

@@ -17,7 +17,8 @@ pub async fn of(log: &EventLog, id: &RequestId) -> Result<Vec<Value>, ApiError> 
     Ok(events.iter().map(|(_, env)| entry(env)).collect())
 }
 
-fn entry(env: &Envelope) -> Value {
+/// One event as the API shows it: `{at, type, actor, source, detail}`.
+pub fn entry(env: &Envelope) -> Value {
     let (source, detail) = match &env.event {
         Event::DecisionRequested {
             decision,

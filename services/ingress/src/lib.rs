@@ -568,7 +568,7 @@ async fn readyz(State(st): State<AppState>) -> Response {
 }
 
 fn router(state: AppState, timeout: Duration, public_metrics: bool) -> Router {
-    use routes::{admin, approvals, requests, slack};
+    use routes::{admin, approvals, audit, requests, slack};
     let metrics = state.metrics.clone();
     let probe = tars_observability::health::Probe {
         metrics: metrics.clone(),
@@ -584,6 +584,7 @@ fn router(state: AppState, timeout: Duration, public_metrics: bool) -> Router {
         .route("/approvals/approve", post(approvals::approve))
         .route("/approvals/deny", post(approvals::deny))
         .route("/slack/interact", post(slack::interact))
+        .route("/audit", get(audit::list))
         .route("/admin/dead-letters", get(admin::list))
         .route("/admin/dead-letters/{seq}/replay", post(admin::replay))
         .route("/admin/dead-letters/{seq}", delete(admin::discard))

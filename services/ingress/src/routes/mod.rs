@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod approvals;
+pub mod audit;
 pub mod requests;
 pub mod slack;
 pub mod slack_payload;
