@@ -72,6 +72,8 @@ async fn losing_the_stream_leader_loses_and_repeats_nothing() {
             request_ttl: Duration::from_secs(7 * 86_400),
             sweep_interval: Duration::from_secs(30),
             request_retention: Duration::from_secs(400 * 86_400),
+            reminder_interval: Duration::from_secs(86_400),
+            access_expiry_warning: Duration::from_secs(86_400),
         },
         Metrics::new(),
         stop.clone(),

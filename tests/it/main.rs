@@ -6,6 +6,7 @@ mod audit;
 mod growth;
 mod ingress;
 mod lifecycle;
+mod notices;
 mod pipeline;
 mod policy;
 mod runtime;

@@ -226,6 +226,8 @@ impl Stack {
             request_ttl: ttl,
             sweep_interval: Duration::from_millis(200),
             request_retention: Duration::from_secs(400 * 86_400),
+            reminder_interval: Duration::from_secs(86_400),
+            access_expiry_warning: Duration::from_secs(86_400),
         };
         let s = self.shutdown.clone();
         self.tasks.push(tokio::spawn(async move {

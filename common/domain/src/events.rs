@@ -113,6 +113,19 @@ pub enum Event {
         /// `expired`, or the words of whoever revoked it.
         reason: String,
     },
+    /// Time-bound access ends soon; the requester is told.
+    #[serde(rename = "request.access_ending")]
+    RequestAccessEnding {
+        /// When it ends.
+        #[serde(with = "time::serde::rfc3339")]
+        ends_at: OffsetDateTime,
+    },
+    /// A request waited longer than the reminder interval; approvers are reminded.
+    #[serde(rename = "request.reminded")]
+    RequestReminded {
+        /// Which reminder this is (1, 2, …).
+        n: u32,
+    },
     /// The governance API removed the access (or it was already gone).
     #[serde(rename = "request.revoked")]
     RequestRevoked {
@@ -128,7 +141,7 @@ fn yes() -> bool {
 impl Event {
     /// Every `type` string, for reading one request's events subject by subject (a request's
     /// history is the messages on `tars.<kind>.<id>` for each of these).
-    pub const KINDS: [&'static str; 12] = [
+    pub const KINDS: [&'static str; 14] = [
         "request.submitted",
         "decision.requested",
         "decision.rejected",
@@ -141,6 +154,8 @@ impl Event {
         "request.failed",
         "request.revoking",
         "request.revoked",
+        "request.access_ending",
+        "request.reminded",
     ];
 
     /// The `type` string, also the middle of the subject.
@@ -158,6 +173,8 @@ impl Event {
             Self::RequestFailed { .. } => "request.failed",
             Self::RequestRevoking { .. } => "request.revoking",
             Self::RequestRevoked { .. } => "request.revoked",
+            Self::RequestAccessEnding { .. } => "request.access_ending",
+            Self::RequestReminded { .. } => "request.reminded",
         }
     }
 
@@ -315,6 +332,10 @@ mod tests {
             Event::RequestRevoked {
                 reason: "expired".into(),
             },
+            Event::RequestAccessEnding {
+                ends_at: OffsetDateTime::UNIX_EPOCH,
+            },
+            Event::RequestReminded { n: 1 },
         ];
         let kinds: Vec<&str> = events.iter().map(Event::kind).collect();
         assert_eq!(kinds, Event::KINDS);

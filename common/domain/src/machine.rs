@@ -60,12 +60,19 @@ impl Default for Intake {
 pub struct Policy {
     /// A pending request older than this expires (`REQUEST_TTL`).
     pub request_ttl: Duration,
+    /// A pending request gets a reminder in its thread once per this (`REMINDER_INTERVAL`).
+    pub reminder_interval: Duration,
+    /// The requester is warned this long before time-bound access ends
+    /// (`ACCESS_EXPIRY_WARNING`).
+    pub access_expiry_warning: Duration,
 }
 
 impl Default for Policy {
     fn default() -> Self {
         Self {
             request_ttl: Duration::from_secs(7 * 86_400),
+            reminder_interval: Duration::from_secs(86_400),
+            access_expiry_warning: Duration::from_secs(86_400),
         }
     }
 }
@@ -116,6 +123,18 @@ pub enum Command {
     StartRevoke,
     /// The governance API removed the membership (or it was gone already).
     AccessRemoved,
+    /// The access sweep found applied time-bound access; the requester is warned once
+    /// when less than `warning` is left (not for grants shorter than twice `warning`).
+    WarnAccessEnding {
+        /// `ACCESS_EXPIRY_WARNING`.
+        warning: Duration,
+    },
+    /// The expiry sweep found a request still pending; approvers are reminded once per
+    /// `interval` it waits.
+    Remind {
+        /// `REMINDER_INTERVAL`.
+        interval: Duration,
+    },
 }
 
 /// A governance membership: who joins which tenant with which access.
@@ -157,6 +176,8 @@ pub enum Dedupe {
     /// `<request_id>.<type>.<actor>`: one approver's partial approval is kept once
     /// however often they click.
     PerActor,
+    /// `<request_id>.<type>.<n>`: the n-th of a repeated step (a reminder) is kept once.
+    Nth(u32),
 }
 
 /// An event to append to `TARS_EVENTS`.
@@ -178,6 +199,7 @@ impl Emit {
             Dedupe::Transition => format!("{request_id}.{}", self.event.kind()),
             Dedupe::PerCause => format!("{request_id}.{}.{cause}", self.event.kind()),
             Dedupe::PerActor => format!("{request_id}.{}.{}", self.event.kind(), self.actor),
+            Dedupe::Nth(n) => format!("{request_id}.{}.{n}", self.event.kind()),
         }
     }
 }
@@ -514,6 +536,43 @@ fn consequences(
             S::Revoking | S::Revoked => Ok((vec![revoked()], vec![])),
             _ => Err(settled(r)),
         },
+        Command::WarnAccessEnding { warning } => {
+            let warning = time::Duration::try_from(*warning).unwrap_or(time::Duration::MAX);
+            match (r.status, r.access_expires_at, r.applied_at) {
+                (S::Applied, Some(ends), Some(from))
+                    if !r.expiry_warned
+                        && now < ends
+                        && now >= ends - warning
+                        && ends - from >= warning * 2 =>
+                {
+                    Ok((
+                        vec![transition(
+                            Event::RequestAccessEnding { ends_at: ends },
+                            SYSTEM_ACTOR,
+                        )],
+                        vec![],
+                    ))
+                }
+                (S::Applied, _, _) => Err(Refusal::NotDue),
+                _ => Err(settled(r)),
+            }
+        }
+        Command::Remind { interval } => {
+            let interval = time::Duration::try_from(*interval).unwrap_or(time::Duration::MAX);
+            let n = r.reminders.saturating_add(1);
+            match r.status {
+                S::Pending if now >= r.created_at + interval * n => Ok((
+                    vec![Emit {
+                        event: Event::RequestReminded { n },
+                        actor: SYSTEM_ACTOR.into(),
+                        dedupe: Dedupe::Nth(n),
+                    }],
+                    vec![],
+                )),
+                S::Pending => Err(Refusal::NotDue),
+                _ => Err(settled(r)),
+            }
+        }
     }
 }
 
@@ -635,6 +694,16 @@ pub fn evolve(
                 r.revoked_at = Some(at);
             }
         }
+        Event::RequestAccessEnding { .. } => {
+            if r.status == S::Applied {
+                r.expiry_warned = true;
+            }
+        }
+        Event::RequestReminded { n } => {
+            if r.status == S::Pending {
+                r.reminders = r.reminders.max(*n);
+            }
+        }
         Event::RequestFailed { reason } => {
             if matches!(r.status, S::Approved | S::Failed) {
                 r.status = S::Failed;
@@ -738,6 +807,7 @@ mod tests {
     fn expiry_waits_for_the_ttl() {
         let p = Policy {
             request_ttl: Duration::from_secs(60),
+            ..Policy::default()
         };
         let r = fresh("alice");
         let early = t0() + time::Duration::seconds(59);
@@ -1040,6 +1110,12 @@ mod tests {
             Just(Command::EndAccess),
             Just(Command::StartRevoke),
             Just(Command::AccessRemoved),
+            (1u64..500).prop_map(|s| Command::WarnAccessEnding {
+                warning: Duration::from_secs(s)
+            }),
+            (1u64..500).prop_map(|s| Command::Remind {
+                interval: Duration::from_secs(s)
+            }),
         ]
     }
 
@@ -1070,6 +1146,7 @@ mod tests {
             r.membership_added,
             r.approvals.clone(),
             (r.revoked_by.clone(), r.revoked_reason.clone(), r.revoked_at),
+            (r.expiry_warned, r.reminders),
         )
     }
 
@@ -1089,7 +1166,7 @@ mod tests {
             auto in proptest::bool::weighted(0.1),
             script in proptest::collection::vec((any_command(), 0i64..400), 1..40),
         ) {
-            let policy = Policy { request_ttl: Duration::from_secs(ttl_secs) };
+            let policy = Policy { request_ttl: Duration::from_secs(ttl_secs), ..Policy::default() };
             let mut history: Vec<(Event, String, OffsetDateTime)> = Vec::new();
             let first = submit(
                 RequestId::new(),
@@ -1177,7 +1254,7 @@ mod tests {
                         Effect::DeadLetter(_) => {}
                     }
                 }
-                if s.changed && s.record.status == RequestStatus::Applied {
+                if s.changed && s.record.status == RequestStatus::Applied && before.status != RequestStatus::Applied {
                     let want = duration.map(|d| now + time::Duration::seconds(d as i64));
                     prop_assert_eq!(s.record.access_expires_at, want, "expiry is applied_at + duration");
                 }

@@ -220,6 +220,19 @@ pub struct RequestRecord {
     /// The approvals given so far, in order (the last one, reaching the count, approved it).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub approvals: Vec<ApprovalMark>,
+    /// The requester's e-mail (from KBase at submit), to find them in Slack for DMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requester_email: Option<String>,
+    /// The notices already sent (a DM per outcome, a thread reply per reminder), so a
+    /// redelivered event sends none again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notices_sent: Vec<String>,
+    /// Whether the requester was warned that time-bound access ends soon.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub expiry_warned: bool,
+    /// Reminders posted in the approval message's thread while it waited.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reminders: u32,
     /// The Slack channel the policy sends this tenant's requests to (else the notifier's
     /// `SLACK_CHANNEL_ID`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -256,6 +269,10 @@ fn yes() -> bool {
 
 fn one() -> u32 {
     1
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// One approver's approval of a request that needs several.
@@ -317,6 +334,10 @@ impl RequestRecord {
             approvals_required: 1,
             approvals: Vec::new(),
             approval_channel: None,
+            requester_email: None,
+            notices_sent: Vec::new(),
+            expiry_warned: false,
+            reminders: 0,
             access_expires_at: None,
             membership_added: true,
             revoked_by: None,

@@ -577,6 +577,23 @@ impl RequestStore {
         Ok(due)
     }
 
+    /// The grants whose access ends between today and `until` (by day): the ones the
+    /// sweep may have to warn. Cost: one listing per day in the window.
+    pub async fn access_ending_by(
+        &self,
+        now: time::OffsetDateTime,
+        until: time::OffsetDateTime,
+    ) -> Result<Vec<RequestId>, StoreError> {
+        let mut day = now.date();
+        let mut out = Vec::new();
+        while day <= until.date() {
+            out.extend(ids_of(self.index(&keys::access_ends_prefix(day)).await?.0));
+            let Some(next) = day.next_day() else { break };
+            day = next;
+        }
+        Ok(out)
+    }
+
     /// Whether `key` holds a value now.
     async fn holds(&self, key: &str) -> Result<bool, StoreError> {
         self.count("index_entry", 1);

@@ -23,6 +23,9 @@ pub struct AuthUser {
     pub roles: Vec<String>,
     /// Whether any role is one of the configured admin roles.
     pub is_admin: bool,
+    /// The account's e-mail, when KBase has one: how TARS finds the user in Slack to tell
+    /// them the outcome.
+    pub email: Option<String>,
 }
 
 /// Why a token was not accepted.
@@ -82,6 +85,8 @@ struct Me {
     user: String,
     #[serde(default)]
     customroles: Vec<String>,
+    #[serde(default)]
+    email: Option<String>,
 }
 
 impl KBaseAuth {
@@ -175,6 +180,7 @@ impl KBaseAuth {
             username,
             roles: me.customroles,
             is_admin,
+            email: me.email.filter(|e| e.contains('@')),
         })
     }
 }

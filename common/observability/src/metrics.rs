@@ -54,6 +54,10 @@ pub struct Inner {
     /// `tars_oldest_pending_request_seconds`: the age of the oldest request still waiting
     /// for a decision, as of the decision worker's last sweep (0 when none waits).
     pub oldest_pending_request: prometheus::Gauge,
+    /// `tars_notifications_total{kind}`: reminders started (`reminder`), expiry warnings
+    /// started (`expiry_warning`), direct messages sent (`dm`) and thread replies posted
+    /// (`thread`).
+    pub notifications: prometheus::IntCounterVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -156,6 +160,12 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("tars_oldest_pending_request_seconds: {e}"));
                 g
             },
+            notifications: counter(
+                r,
+                "tars_notifications_total",
+                "Reminders and expiry warnings started, direct messages and thread replies sent",
+                &["kind"],
+            ),
             dead_letters: counter(
                 r,
                 "tars_dead_letters_total",

@@ -33,7 +33,7 @@ fn truncate(text: &str, max: usize) -> String {
     }
 }
 
-fn when(t: time::OffsetDateTime) -> String {
+pub(crate) fn when(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
@@ -87,7 +87,7 @@ pub fn approvals_line(r: &RequestRecord) -> String {
 }
 
 /// Why access ended: its time ran out, or who revoked it and their words.
-fn ended_why(r: &RequestRecord) -> String {
+pub(crate) fn ended_why(r: &RequestRecord) -> String {
     let reason = r.revoked_reason.as_deref().unwrap_or("revoked");
     match r.revoked_by.as_deref() {
         None | Some(tars_domain::machine::SYSTEM_ACTOR)

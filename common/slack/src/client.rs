@@ -112,6 +112,9 @@ struct Answer {
     /// `conversations.history`: the page of messages.
     #[serde(default)]
     messages: Vec<Value>,
+    /// `users.lookupByEmail`: the user found.
+    #[serde(default)]
+    user: Option<Value>,
     #[serde(default)]
     response_metadata: Option<ResponseMetadata>,
 }
@@ -138,6 +141,7 @@ fn is_permanent(code: &str) -> bool {
             | "invalid_blocks"
             | "invalid_arguments"
             | "msg_too_long"
+            | "users_not_found"
             | "message_not_found"
             | "cant_update_message"
             | "edit_window_closed"
@@ -250,6 +254,37 @@ impl SlackClient {
                 "postMessage answer without channel/ts".into(),
             )),
         }
+    }
+
+    /// The Slack user id of whoever has `email` (`users.lookupByEmail`), `None` when
+    /// nobody in the workspace has it: the requester simply gets no DM.
+    pub async fn user_by_email(&self, email: &str) -> Result<Option<String>, SlackError> {
+        let req = self
+            .http
+            .get(format!("{}/users.lookupByEmail", self.base))
+            .query(&[("email", email)]);
+        match self.answer("users.lookupByEmail", req).await {
+            Ok(a) => Ok(a.user.and_then(|u| u["id"].as_str().map(str::to_owned))),
+            Err(SlackError::Permanent(e)) if e.ends_with("users_not_found") => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends `text` to a user (a DM: `chat.postMessage` to their user id) or as a reply
+    /// in the thread of message `thread_ts` of `channel`.
+    pub async fn post_text(
+        &self,
+        channel: &str,
+        text: &str,
+        thread_ts: Option<&str>,
+    ) -> Result<(), SlackError> {
+        let mut body = json!({"channel": channel, "text": text, "unfurl_links": false});
+        if let Some(ts) = thread_ts {
+            body["thread_ts"] = json!(ts);
+        }
+        self.call("chat.postMessage", Some(channel), &body)
+            .await
+            .map(|_| ())
     }
 
     /// Replaces a message's text and blocks.

@@ -18,8 +18,11 @@ pub struct Worker {
     store: RequestStore,
     publisher: EventPublisher,
     metrics: Metrics,
-    /// The rules the machine applies (the expiry TTL today).
+    /// The rules the machine applies (TTL, reminder interval, expiry warning).
     policy: Policy,
+    /// When this worker's expiry sweep last ran: a pending request is reminded only when
+    /// a reminder interval ended since, so a sweep reads only the requests due.
+    last_sweep: std::sync::Mutex<Option<time::OffsetDateTime>>,
 }
 
 fn store_outcome(e: StoreError) -> Outcome {
@@ -38,6 +41,7 @@ impl Worker {
             publisher: EventPublisher::new(conn.topology.js.clone(), conn.metrics.clone()),
             metrics: conn.metrics.clone(),
             policy,
+            last_sweep: std::sync::Mutex::new(None),
         }
     }
 
@@ -96,9 +100,9 @@ impl Worker {
         self.metrics
             .oldest_pending_request
             .set(oldest.map_or(0.0, |t| (now - t).as_seconds_f64().max(0.0)));
-        let stale = pending
+        let (stale, pending_left): (Vec<RequestId>, Vec<RequestId>) = pending
             .into_iter()
-            .filter(|id| id.created_at().is_none_or(|t| t <= cutoff));
+            .partition(|id| id.created_at().is_none_or(|t| t <= cutoff));
         let mut expired = 0;
         for id in stale {
             match self
@@ -121,7 +125,49 @@ impl Worker {
                 Err(e) => return Err(e),
             }
         }
+        let previous = self
+            .last_sweep
+            .lock()
+            .map(|mut l| l.replace(now))
+            .unwrap_or(None);
+        self.remind(&pending_left, previous, now).await?;
         Ok(expired)
+    }
+
+    /// Steps `Remind` on the pending requests for which a reminder interval ended between
+    /// the previous sweep (`None`: every one old enough) and `now`.
+    async fn remind(
+        &self,
+        pending: &[RequestId],
+        previous: Option<time::OffsetDateTime>,
+        now: time::OffsetDateTime,
+    ) -> Result<(), StoreError> {
+        let every = self.policy.reminder_interval.as_secs_f64().max(1.0);
+        let periods = |id: &RequestId, t: time::OffsetDateTime| {
+            id.created_at()
+                .map_or(0.0, |c| ((t - c).as_seconds_f64() / every).floor())
+        };
+        let cmd = Command::Remind {
+            interval: self.policy.reminder_interval,
+        };
+        for id in pending {
+            let due = periods(id, now) >= 1.0
+                && previous.is_none_or(|p| periods(id, now) > periods(id, p));
+            if !due {
+                continue;
+            }
+            match self.store.step(id, &cmd, now, 0, &self.policy).await {
+                Ok(Ok(step)) if step.changed => {
+                    self.metrics
+                        .notifications
+                        .with_label_values(&["reminder"])
+                        .inc();
+                }
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Starts the revocation of every grant whose time-bound access has ended by `now`
@@ -130,6 +176,7 @@ impl Worker {
     /// its event are one write; the governance-applier carries it out. A grant whose
     /// access ended while every process was down is found by the first sweep after.
     pub async fn end_access(&self, now: time::OffsetDateTime) -> Result<usize, StoreError> {
+        self.warn_access_ending(now).await?;
         let mut started = 0;
         for id in self.store.access_due(now).await? {
             match self
@@ -165,6 +212,26 @@ impl Worker {
             }
         }
         Ok(started)
+    }
+
+    /// Warns the requesters of grants whose access ends within `ACCESS_EXPIRY_WARNING`
+    /// (once each; the notifier sends the DM).
+    async fn warn_access_ending(&self, now: time::OffsetDateTime) -> Result<(), StoreError> {
+        let warning = self.policy.access_expiry_warning;
+        let until = now + time::Duration::try_from(warning).unwrap_or(time::Duration::ZERO);
+        let cmd = Command::WarnAccessEnding { warning };
+        for id in self.store.access_ending_by(now, until).await? {
+            match self.store.step(&id, &cmd, now, 0, &self.policy).await {
+                Ok(Ok(step)) if step.changed => self
+                    .metrics
+                    .notifications
+                    .with_label_values(&["expiry_warning"])
+                    .inc(),
+                Ok(_) | Err(StoreError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Removes finished records older than `retention` as of `now` (see

@@ -44,6 +44,13 @@ pub struct Args {
     /// bucket this long after they finished; their events stay in `TARS_EVENTS`.
     #[arg(long, env = "REQUEST_RETENTION", default_value = "400d", value_parser = parse_duration)]
     pub request_retention: Duration,
+    /// A pending request gets a reminder in its Slack thread once per this.
+    #[arg(long, env = "REMINDER_INTERVAL", default_value = "24h", value_parser = parse_duration)]
+    pub reminder_interval: Duration,
+    /// The requester is told this long before time-bound access ends (no warning for
+    /// grants shorter than twice this).
+    #[arg(long, env = "ACCESS_EXPIRY_WARNING", default_value = "24h", value_parser = parse_duration)]
+    pub access_expiry_warning: Duration,
 }
 
 /// Runs the decision worker and its expiry sweep until `shutdown` fires.
@@ -55,6 +62,8 @@ pub async fn run(
     let conn = service::connect(&args.common, "tars-decision", metrics).await?;
     let policy = Policy {
         request_ttl: args.request_ttl,
+        reminder_interval: args.reminder_interval,
+        access_expiry_warning: args.access_expiry_warning,
     };
     let sweeper = Arc::new(Worker::new(&conn, policy.clone()));
     let every = args.sweep_interval.min(Duration::from_secs(30));

@@ -85,6 +85,8 @@ async fn main() -> anyhow::Result<()> {
         request_ttl: Duration::from_secs(7 * 86_400),
         sweep_interval: Duration::from_secs(30),
         request_retention: Duration::from_secs(400 * 86_400),
+        reminder_interval: Duration::from_secs(86_400),
+        access_expiry_warning: Duration::from_secs(86_400),
     };
     let applier = tars_governance_applier::Args {
         common: CommonArgs::for_url(&url),

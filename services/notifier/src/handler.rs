@@ -7,11 +7,16 @@
 
 use std::time::Duration;
 
-use tars_domain::{RequestId, RequestRecord, SlackClaim, SlackMessageRef, now};
+use tars_domain::events::Event;
+use tars_domain::{RequestId, RequestRecord, RequestStatus, SlackClaim, SlackMessageRef, now};
 use tars_jetstream::service::Connected;
 use tars_jetstream::store::{Change, RequestStore, StoreError};
 use tars_jetstream::worker::{Delivery, Handler, Outcome};
-use tars_slack::{SlackClient, SlackError, blocks};
+use tars_observability::metrics::Metrics;
+use tars_slack::{SlackClient, SlackError, blocks, notices};
+
+/// How long a Slack user found (or not found) by e-mail is remembered.
+const USER_CACHE_TTL: Duration = Duration::from_secs(3600);
 
 /// Numbers this process's posting attempts, so each claim names one attempt.
 static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -26,6 +31,9 @@ pub struct Worker {
     /// How long a posting lease lasts: longer than one post can take (the Slack client's
     /// timeout), so a live holder is never taken over; renewed before each retried post.
     lease: Duration,
+    /// E-mail → Slack user id (`None`: nobody in the workspace has it).
+    users: moka::future::Cache<String, Option<String>>,
+    metrics: Metrics,
 }
 
 fn slack_outcome(e: SlackError) -> Outcome {
@@ -66,7 +74,97 @@ impl Worker {
             channel,
             me: replica_id(),
             lease,
+            users: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(USER_CACHE_TTL)
+                .build(),
+            metrics: conn.metrics.clone(),
         }
+    }
+
+    /// Sends the notice `key` once: `send` runs unless the record already lists `key` in
+    /// `notices_sent`, and the key is recorded after it succeeds (a crash between the two
+    /// sends it again: at least once, never silently lost).
+    async fn once<F, Fut>(&self, id: &RequestId, key: &str, kind: &str, send: F) -> Outcome
+    where
+        F: FnOnce(RequestRecord) -> Fut,
+        Fut: std::future::Future<Output = Result<bool, SlackError>>,
+    {
+        let rec = match self.store.get(id).await {
+            Ok(Some(v)) => v.value,
+            Ok(None) => return Outcome::Ack,
+            Err(e) => return store_outcome(e),
+        };
+        if rec.notices_sent.iter().any(|k| k == key) {
+            return Outcome::Ack;
+        }
+        match send(rec).await {
+            Ok(false) => return Outcome::Ack,
+            Ok(true) => {}
+            Err(e) => return slack_outcome(e),
+        }
+        self.metrics.notifications.with_label_values(&[kind]).inc();
+        let noted = self
+            .store
+            .modify(id, |r| {
+                if r.notices_sent.iter().any(|k| k == key) {
+                    Change::Keep(())
+                } else {
+                    r.notices_sent.push(key.to_owned());
+                    Change::Write(())
+                }
+            })
+            .await;
+        match noted {
+            Ok(_) => Outcome::Ack,
+            Err(e) => store_outcome(e),
+        }
+    }
+
+    /// DMs the requester about event `kind`, when their KBase e-mail maps to a Slack user.
+    async fn tell_requester(&self, id: &RequestId, kind: &'static str) -> Outcome {
+        self.once(id, kind, "dm", |rec| async move {
+            let (Some(email), Some(text)) = (rec.requester_email.clone(), notices::dm(&rec, kind))
+            else {
+                return Ok(false);
+            };
+            let found = self
+                .users
+                .try_get_with(email.clone(), self.slack.user_by_email(&email))
+                .await
+                .map_err(|e| (*e).clone())?;
+            let Some(user) = found else {
+                tracing::debug!("the requester's e-mail matches no Slack user: no DM");
+                return Ok(false);
+            };
+            self.slack.post_text(&user, &text, None).await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Replies reminder `n` in the thread of a still-pending request's message.
+    async fn remind(&self, id: &RequestId, n: u32) -> Outcome {
+        self.once(
+            id,
+            &format!("request.reminded.{n}"),
+            "thread",
+            |rec| async move {
+                let Some(msg) = rec
+                    .slack
+                    .clone()
+                    .filter(|_| rec.status == RequestStatus::Pending)
+                else {
+                    return Ok(false);
+                };
+                let text = notices::reminder(&rec, n);
+                self.slack
+                    .post_text(&msg.channel, &text, Some(&msg.ts))
+                    .await?;
+                Ok(true)
+            },
+        )
+        .await
     }
 
     async fn show(&self, id: &RequestId, delivered: u64) -> Outcome {
@@ -320,7 +418,18 @@ fn replica_id() -> String {
 
 impl Handler for Worker {
     async fn handle(&self, delivery: Delivery) -> Outcome {
-        self.show(&delivery.envelope.request_id, delivery.delivered)
-            .await
+        let id = &delivery.envelope.request_id;
+        let shown = self.show(id, delivery.delivered).await;
+        if !matches!(shown, Outcome::Ack) {
+            return shown;
+        }
+        let event = &delivery.envelope.event;
+        match event {
+            Event::RequestReminded { n } => self.remind(id, *n).await,
+            e => match notices::TOLD_TO_REQUESTER.iter().find(|k| **k == e.kind()) {
+                Some(kind) => self.tell_requester(id, kind).await,
+                None => Outcome::Ack,
+            },
+        }
     }
 }

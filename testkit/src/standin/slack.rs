@@ -48,6 +48,12 @@ struct Inner {
     /// The next this many posts land, but their answer is held this long (the client
     /// times out not knowing the post went through).
     lost_answers: Mutex<(usize, std::time::Duration)>,
+    /// The workspace's members: e-mail → user id (`users.lookupByEmail`, DMs).
+    users: Mutex<HashMap<String, String>>,
+    /// Direct messages: (user id, text).
+    dms: Mutex<Vec<(String, String)>>,
+    /// Replies in threads: (channel, thread ts, text).
+    replies: Mutex<Vec<(String, String, String)>>,
 }
 
 /// A token bucket per channel, as Slack limits posting: `per_second` tokens a second, up
@@ -119,7 +125,33 @@ async fn api(s: &Inner, method: &str, headers: &HeaderMap, body: Value) -> Respo
         )
             .into_response();
     }
+    let is_user = lock(&s.users).values().any(|u| *u == channel);
     let answer = match method {
+        "users.lookupByEmail" => {
+            let email = body["email"].as_str().unwrap_or_default();
+            match lock(&s.users).get(email) {
+                Some(id) => json!({"ok": true, "user": {"id": id, "profile": {"email": email}}}),
+                None => json!({"ok": false, "error": "users_not_found"}),
+            }
+        }
+        "chat.postMessage" if is_user => {
+            let text = body["text"].as_str().unwrap_or_default().to_owned();
+            lock(&s.dms).push((channel.clone(), text));
+            json!({"ok": true, "channel": format!("D{channel}"), "ts": "1.000001"})
+        }
+        "chat.postMessage" if body["thread_ts"].is_string() => {
+            let ts = body["thread_ts"].as_str().unwrap_or_default().to_owned();
+            if lock(&s.messages)
+                .iter()
+                .any(|m| m.channel == channel && m.ts == ts)
+            {
+                let text = body["text"].as_str().unwrap_or_default().to_owned();
+                lock(&s.replies).push((channel.clone(), ts.clone(), text));
+                json!({"ok": true, "channel": channel, "ts": format!("{ts}1")})
+            } else {
+                json!({"ok": false, "error": "thread_not_found"})
+            }
+        }
         "chat.postMessage" => {
             if !s.channels.contains(&channel) {
                 json!({"ok": false, "error": "channel_not_found"})
@@ -333,6 +365,16 @@ impl FakeSlack {
                     },
                 ),
             )
+            .route(
+                "/api/users.lookupByEmail",
+                get(
+                    |State(s): State<Arc<Inner>>,
+                     headers: HeaderMap,
+                     axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>| async move {
+                        api(&s, "users.lookupByEmail", &headers, json!(q)).await
+                    },
+                ),
+            )
             .route("/api/chat.postMessage", method("chat.postMessage"))
             .route("/api/chat.update", method("chat.update"))
             .route("/api/views.open", method("views.open"))
@@ -406,6 +448,21 @@ impl FakeSlack {
     /// Every API call (method, body), failed ones included.
     pub fn calls(&self) -> Vec<(String, Value)> {
         lock(&self.inner.calls).clone()
+    }
+
+    /// Makes `email` a member of the workspace with user id `id`.
+    pub fn add_user(&self, email: &str, id: &str) {
+        lock(&self.inner.users).insert(email.to_owned(), id.to_owned());
+    }
+
+    /// Direct messages sent, as (user id, text).
+    pub fn dms(&self) -> Vec<(String, String)> {
+        lock(&self.inner.dms).clone()
+    }
+
+    /// Replies posted in threads, as (channel, thread ts, text).
+    pub fn replies(&self) -> Vec<(String, String, String)> {
+        lock(&self.inner.replies).clone()
     }
 
     /// Opened modals.

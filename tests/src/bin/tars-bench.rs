@@ -259,6 +259,8 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
                 request_ttl: Duration::from_secs(86_400),
                 sweep_interval: Duration::from_secs(30),
                 request_retention: Duration::from_secs(400 * 86_400),
+                reminder_interval: Duration::from_secs(86_400),
+                access_expiry_warning: Duration::from_secs(86_400),
             },
             Metrics::new(),
             stop.clone(),

@@ -131,9 +131,10 @@ pub async fn submit(
         approval_channel: rules.slack_channel.clone(),
     };
     let requester = user.username;
+    let email = user.email;
     let slot = open_slot(&tenant, permission);
     let new_request = |id: RequestId| {
-        machine::submit(
+        let mut step = machine::submit(
             id,
             requester.clone(),
             tenant.clone(),
@@ -142,7 +143,9 @@ pub async fn submit(
             duration,
             &intake,
             now(),
-        )
+        );
+        step.record.requester_email = email.clone();
+        step
     };
     let mut took_token = false;
     for _ in 0..100 {
