@@ -4,15 +4,20 @@ SHELL := /bin/bash
 NATS_SERVER_BIN := $(shell ./scripts/ensure-nats-server.sh)
 export NATS_SERVER_BIN
 
-.PHONY: run test lint deny bench fuzz-api nats-server
+.PHONY: run test test-ui lint deny bench fuzz-api nats-server
 
 ## run: the whole stack on this machine (nats-server, four services, Slack/KBase/governance stand-ins)
 run:
 	cargo run -p tars-dev --bin tars-dev
 
-## test: every test, against a real nats-server started by the tests
+## test: every test, against a real nats-server started by the tests, then the tars-dev page in headless Chromium
 test:
 	cargo test --workspace --all-targets
+	./scripts/test-ui.sh
+
+## test-ui: the tars-dev Slack page driven in headless Chromium (Debian chromium, PyPI playwright)
+test-ui:
+	./scripts/test-ui.sh
 
 ## lint: formatting and clippy, as CI runs them
 lint:

@@ -40,6 +40,12 @@ struct Args {
     /// First of three ports for the KBase, Slack and governance stand-ins.
     #[arg(long, env = "TARS_DEV_STANDIN_PORT", default_value_t = 8101)]
     standin_port: u16,
+    /// How often the decision worker sweeps (expiry, reminders, ended access).
+    #[arg(long, env = "EXPIRY_SWEEP_INTERVAL", default_value = "30s", value_parser = tars_domain::duration::parse_duration)]
+    sweep_interval: Duration,
+    /// How long a request waits before its thread gets a reminder.
+    #[arg(long, env = "REMINDER_INTERVAL", default_value = "24h", value_parser = tars_domain::duration::parse_duration)]
+    reminder_interval: Duration,
 }
 
 fn worker_args(port: u16) -> WorkerArgs {
@@ -60,13 +66,21 @@ async fn main() -> anyhow::Result<()> {
     governance.allow_any_tenant(true);
     let ingress_url = format!("http://127.0.0.1:{}", args.port);
     slack.set_interaction_target(&ingress_url, SIGNING_SECRET);
+    // The page lets its visitor click as an approver or as somebody who is not one;
+    // alice's KBase e-mail is a Slack user, so she gets her DMs in the page's DM pane.
+    slack.set_approvers(&[
+        ("U_ADMIN", "bob (approver, U_ADMIN)"),
+        ("U_CAROL", "carol (approver, U_CAROL)"),
+        ("U_GUEST", "guest (not an approver)"),
+    ]);
+    slack.add_user("alice@example.org", "U_ALICE");
 
     let shutdown = tars_observability::shutdown::on_signal();
     let url = server.url();
     let ingress = tars_ingress::Args {
         listen_addr: ([127, 0, 0, 1], args.port).into(),
         slack_signing_secret: Some(SIGNING_SECRET.into()),
-        slack_approvers: "U_ADMIN:bob".into(),
+        slack_approvers: "U_ADMIN:bob,U_CAROL:carol".into(),
         slack_bot: SlackBotArgs::new(BOT_TOKEN, &slack.url()),
         governance: tars_governance_applier::GovernanceArgs::new(&governance.url(), GOV_TOKEN),
         ..tars_ingress::Args::local(CommonArgs::for_url(&url), &kbase.url(), &slack.url())
@@ -83,9 +97,9 @@ async fn main() -> anyhow::Result<()> {
         common: CommonArgs::for_url(&url),
         worker: worker_args(9092),
         request_ttl: Duration::from_secs(7 * 86_400),
-        sweep_interval: Duration::from_secs(30),
+        sweep_interval: args.sweep_interval,
         request_retention: Duration::from_secs(400 * 86_400),
-        reminder_interval: Duration::from_secs(86_400),
+        reminder_interval: args.reminder_interval,
         access_expiry_warning: Duration::from_secs(86_400),
     };
     let applier = tars_governance_applier::Args {
@@ -135,7 +149,8 @@ Ask for access as alice:
   curl -s -X POST {ingress_url}/requests/ -H 'Authorization: Bearer {USER_TOKEN}' \
        -H 'Content-Type: application/json' \
        -d '{{"tenant_name":"demo","permission":"read_only","justification":"trying TARS"}}'
-Then open the Slack channel page and click Approve (as U_ADMIN), and follow the request:
+Then open the Slack channel page, pick who you click as, click Approve, and follow it
+(alice's DMs appear on the right of the page):
   curl -s {ingress_url}/requests/<request_id> -H 'Authorization: Bearer {USER_TOKEN}'
 "#,
         slack_page = slack.page_url(),

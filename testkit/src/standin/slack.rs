@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::{Form, State};
 use axum::http::HeaderMap;
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
@@ -54,6 +54,8 @@ struct Inner {
     dms: Mutex<Vec<(String, String)>>,
     /// Replies in threads: (channel, thread ts, text).
     replies: Mutex<Vec<(String, String, String)>>,
+    /// Whom the page's visitor may click as: (Slack user id, label).
+    approvers: Mutex<Vec<(String, String)>>,
 }
 
 /// A token bucket per channel, as Slack limits posting: `per_second` tokens a second, up
@@ -254,65 +256,85 @@ async fn api(s: &Inner, method: &str, headers: &HeaderMap, body: Value) -> Respo
     axum::Json(answer).into_response()
 }
 
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// The page of the stand-in: a shell that renders `/feed.json` once a second (no
+/// full-page refresh), the way Slack shows messages: mrkdwn bold, code and links, context
+/// blocks, replies in a thread under their message, a DM pane per user, and the buttons
+/// clicked as the approver picked in the select.
+async fn page() -> Html<&'static str> {
+    Html(PAGE)
 }
 
-async fn page(State(s): State<Arc<Inner>>) -> Html<String> {
-    let mut html = String::from(
-        "<!doctype html><meta charset=utf-8><meta http-equiv=refresh content=3><title>#approvals (Slack stand-in)</title><body style='font-family:sans-serif;max-width:50em;margin:auto'><h1>#approvals</h1>",
-    );
-    let msgs = lock(&s.messages).clone();
-    if msgs.is_empty() {
-        html.push_str(
-            "<p>No messages yet. Submit a request (see the terminal for a curl line).</p>",
-        );
-    }
-    for m in msgs.iter().rev() {
-        html.push_str(
-            "<div style='border:1px solid #ccc;border-radius:6px;padding:1em;margin:1em 0'>",
-        );
-        for b in m.blocks.as_array().into_iter().flatten() {
-            match b["type"].as_str() {
-                Some("header") => html.push_str(&format!(
-                    "<h3>{}</h3>",
-                    esc(b["text"]["text"].as_str().unwrap_or_default())
-                )),
-                Some("section") => {
-                    for f in b["fields"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .chain(std::iter::once(&b["text"]))
-                    {
-                        if let Some(t) = f["text"].as_str() {
-                            html.push_str(&format!(
-                                "<p style='white-space:pre-wrap'>{}</p>",
-                                esc(t)
-                            ));
-                        }
-                    }
-                }
-                Some("context") => html.push_str(&format!(
-                    "<small>{}</small>",
-                    esc(b["elements"][0]["text"].as_str().unwrap_or_default())
-                )),
-                Some("actions") => {
-                    for e in b["elements"].as_array().into_iter().flatten() {
-                        html.push_str(&format!(
-                            "<form method=post action=/click style='display:inline'><input type=hidden name=action_id value='{}'><input type=hidden name=value value='{}'><input name=user_id value='U_ADMIN' size=10> <button>{}</button></form> ",
-                            esc(e["action_id"].as_str().unwrap_or_default()), esc(e["value"].as_str().unwrap_or_default()), esc(e["text"]["text"].as_str().unwrap_or_default())));
-                    }
-                }
-                _ => {}
-            }
-        }
-        html.push_str("</div>");
-    }
-    Html(html)
+const PAGE: &str = r#"<!doctype html><meta charset=utf-8><title>#approvals (Slack stand-in)</title>
+<style>
+body{font-family:sans-serif;margin:0;display:flex;gap:1em;padding:1em}
+main{flex:3}aside{flex:1;border-left:1px solid #ddd;padding-left:1em}
+.msg{border:1px solid #ccc;border-radius:6px;padding:.8em;margin:.8em 0}
+.ctx{color:#666;font-size:.85em}.thread{margin:.5em 0 0 1.5em;border-left:3px solid #ddd;padding-left:.8em}
+.dm{border:1px solid #ddd;border-radius:6px;padding:.5em;margin:.5em 0}
+button{margin-right:.4em}code{background:#f4f4f4;padding:0 .2em}
+</style>
+<main><h1>#approvals</h1>
+<label>Click as <select id=as></select></label>
+<div id=messages><p>No messages yet. Submit a request (see the terminal for a curl line).</p></div></main>
+<aside><h2>Direct messages</h2><div id=dms><p>None yet.</p></div></aside>
+<script>
+function esc(t){return t.replace(/&(?!(amp|lt|gt);)/g,'&amp;').replace(/</g,'&lt;').replace(/>/g,'&gt;')}
+function unesc(t){return t.replace(/&lt;/g,'<').replace(/&gt;/g,'>').replace(/&amp;/g,'&')}
+// Slack mrkdwn: <url|text> links, *bold*, `code`, _italic_; the text arrives with & < > escaped.
+function mrkdwn(t){
+  let h=esc(unesc(t));
+  h=h.replace(/&lt;(https?:[^|&]+)\|([^&]+)&gt;/g,(m,u,l)=>'<a href="'+u+'">'+l+'</a>');
+  h=h.replace(/`([^`]+)`/g,'<code>$1</code>').replace(/\*([^*\n]+)\*/g,'<b>$1</b>').replace(/(^|\s)_([^_\n]+)_/g,'$1<i>$2</i>');
+  return h.replace(/\n/g,'<br>');
+}
+function block(b){
+  if(b.type==='header')return '<h3>'+esc(b.text.text)+'</h3>';
+  if(b.type==='section'){let parts=(b.fields||[]).concat(b.text?[b.text]:[]);return '<p>'+parts.map(f=>mrkdwn(f.text)).join('<br>')+'</p>'}
+  if(b.type==='context')return '<div class=ctx>'+b.elements.map(e=>mrkdwn(e.text||'')).join(' ')+'</div>';
+  if(b.type==='actions')return '<div>'+b.elements.map(e=>'<button data-action="'+esc(e.action_id)+'" data-value="'+esc(e.value)+'">'+esc(e.text.text)+'</button>').join('')+'</div>';
+  return '';
+}
+let shown='';
+async function refresh(){
+  const f=await (await fetch('/feed.json')).json();
+  const sel=document.getElementById('as');
+  if(sel.options.length!==f.approvers.length){sel.innerHTML=f.approvers.map(a=>'<option value="'+esc(a.id)+'">'+esc(a.label)+'</option>').join('')}
+  const key=JSON.stringify([f.messages,f.replies,f.dms]);
+  if(key===shown)return; shown=key;
+  if(f.messages.length){document.getElementById('messages').innerHTML=f.messages.slice().reverse().map(m=>
+    '<div class=msg data-ts="'+esc(m.ts)+'">'+m.blocks.map(block).join('')+
+    f.replies.filter(r=>r.channel===m.channel&&r.thread_ts===m.ts).map(r=>'<div class=thread>'+mrkdwn(r.text)+'</div>').join('')+'</div>').join('')}
+  const users=[...new Set(f.dms.map(d=>d.user))];
+  if(users.length){document.getElementById('dms').innerHTML=users.map(u=>'<div class=dm data-user="'+esc(u)+'"><b>'+esc(u)+'</b>'+
+    f.dms.filter(d=>d.user===u).map(d=>'<p>'+mrkdwn(d.text)+'</p>').join('')+'</div>').join('')}
+}
+document.addEventListener('click',async e=>{const b=e.target.closest('button[data-action]');if(!b)return;
+  const body=new URLSearchParams({action_id:b.dataset.action,value:b.dataset.value,user_id:document.getElementById('as').value});
+  await fetch('/click',{method:'POST',body});refresh()});
+refresh();setInterval(refresh,1000);
+</script>"#;
+
+/// What the page shows, as JSON.
+async fn feed(State(s): State<Arc<Inner>>) -> axum::Json<Value> {
+    let messages: Vec<Value> = lock(&s.messages)
+        .iter()
+        .map(|m| json!({"channel": m.channel, "ts": m.ts, "text": m.text, "blocks": m.blocks}))
+        .collect();
+    let replies: Vec<Value> = lock(&s.replies)
+        .iter()
+        .map(|(c, ts, t)| json!({"channel": c, "thread_ts": ts, "text": t}))
+        .collect();
+    let dms: Vec<Value> = lock(&s.dms)
+        .iter()
+        .map(|(u, t)| json!({"user": u, "text": t}))
+        .collect();
+    let approvers: Vec<Value> = lock(&s.approvers)
+        .iter()
+        .map(|(id, label)| json!({"id": id, "label": label}))
+        .collect();
+    axum::Json(
+        json!({"messages": messages, "replies": replies, "dms": dms, "approvers": approvers}),
+    )
 }
 
 #[derive(serde::Deserialize)]
@@ -329,7 +351,7 @@ async fn click(State(s): State<Arc<Inner>>, Form(c): Form<Click>) -> Response {
     {
         tracing::warn!(error = %e, "forwarding the click failed");
     }
-    Redirect::to("/").into_response()
+    axum::http::StatusCode::NO_CONTENT.into_response()
 }
 
 impl FakeSlack {
@@ -388,6 +410,7 @@ impl FakeSlack {
                 ),
             )
             .route("/", get(page))
+            .route("/feed.json", get(feed))
             .route("/click", post(click))
             .with_state(inner.clone());
         let served = super::serve(router, port)
@@ -448,6 +471,14 @@ impl FakeSlack {
     /// Every API call (method, body), failed ones included.
     pub fn calls(&self) -> Vec<(String, Value)> {
         lock(&self.inner.calls).clone()
+    }
+
+    /// The Slack users the page lets its visitor click as, with a label each.
+    pub fn set_approvers(&self, approvers: &[(&str, &str)]) {
+        *lock(&self.inner.approvers) = approvers
+            .iter()
+            .map(|(id, label)| ((*id).to_owned(), (*label).to_owned()))
+            .collect();
     }
 
     /// Makes `email` a member of the workspace with user id `id`.
