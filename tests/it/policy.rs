@@ -140,8 +140,12 @@ async fn a_deny_by_any_approver_ends_a_partly_approved_request() {
 async fn a_steward_approves_their_own_tenant_and_no_other() {
     let s = with_policy(POLICY).await;
     s.governance.add_steward("tenant-a", "dave", "dave@lab.org");
+    s.governance
+        .add_steward("tenant-a", "erin", "erin@elsewhere.org");
     s.governance.add_tenant("tenant-b");
     s.kbase.add_user("token-dave", "dave", &[]);
+    // dave's e-mail is a Slack user, erin's is not.
+    s.slack.add_user("dave@lab.org", "U_DAVE");
     let a = submit(&s, "tenant-a", "read_only").await["request_id"]
         .as_str()
         .unwrap()
@@ -150,6 +154,9 @@ async fn a_steward_approves_their_own_tenant_and_no_other() {
         .as_str()
         .unwrap()
         .to_owned();
+    // The stewards Slack knows are mentioned in the approval message.
+    let msg = wait_message(&s, &a, "Approvers: <@U_DAVE>").await;
+    assert!(!msg.blocks.to_string().contains("erin"), "{}", msg.blocks);
     let (status, body) = decide(&s, "token-dave", "approve", &b).await;
     assert_eq!(status, 403, "not a steward of tenant-b: {body}");
     // Nor does an unknown id tell a non-approver anything.
@@ -165,6 +172,12 @@ async fn a_steward_approves_their_own_tenant_and_no_other() {
     assert_eq!(status, 202, "{body}");
     wait_status(&s, &a, "applied").await;
     assert_eq!(record(&s, &a).await["decided_by"], "dave");
+    let msg = wait_message(&s, &a, "access granted").await;
+    assert!(
+        !msg.blocks.to_string().contains("Approvers:"),
+        "{}",
+        msg.blocks
+    );
     assert_eq!(s.status_of(&b).await, "pending");
 }
 

@@ -223,6 +223,10 @@ pub struct RequestRecord {
     /// The requester's e-mail (from KBase at submit), to find them in Slack for DMs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requester_email: Option<String>,
+    /// The e-mails of the tenant's stewards when the policy names them as approvers (read
+    /// at submit), so the approval message can mention them in Slack.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub steward_emails: Vec<String>,
     /// The notices already sent (a DM per outcome, a thread reply per reminder), so a
     /// redelivered event sends none again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -336,6 +340,7 @@ impl RequestRecord {
             approval_channel: None,
             requester_email: None,
             notices_sent: Vec::new(),
+            steward_emails: Vec::new(),
             expiry_warned: false,
             reminders: 0,
             access_expires_at: None,

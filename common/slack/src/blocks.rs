@@ -116,6 +116,12 @@ pub fn membership_line(r: &RequestRecord) -> String {
 
 /// The message text (notification fallback) and blocks for `r`.
 pub fn render(r: &RequestRecord) -> (String, Value) {
+    render_mentioning(r, &[])
+}
+
+/// [`render`], naming the Slack users in `approvers` (`<@U…>`) while the request waits:
+/// the tenant's stewards whose e-mail maps to a Slack user.
+pub fn render_mentioning(r: &RequestRecord, approvers: &[String]) -> (String, Value) {
     let text = format!(
         "Access request {}: {} asks for {} on {} ({})",
         r.request_id, r.requester, r.permission, r.tenant_name, r.status
@@ -140,6 +146,14 @@ pub fn render(r: &RequestRecord) -> (String, Value) {
     }
     blocks.push(json!({"type": "context", "elements": [
         {"type": "mrkdwn", "text": format!("Request `{}`", r.request_id)}]}));
+    if r.status == RequestStatus::Pending && !approvers.is_empty() {
+        let named: Vec<String> = approvers
+            .iter()
+            .map(|u| format!("<@{}>", escape(u)))
+            .collect();
+        blocks.push(json!({"type": "context", "elements": [{"type": "mrkdwn",
+            "text": format!("Approvers: {}", named.join(" "))}]}));
+    }
     if r.status == RequestStatus::Pending && r.approvals_required > 1 {
         blocks.push(
             json!({"type": "context", "elements": [{"type": "mrkdwn", "text": approvals_line(r)}]}),

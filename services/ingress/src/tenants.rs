@@ -22,8 +22,8 @@ pub struct TenantCheck {
     client: GovernanceClient,
     /// tenant name → whether the governance API knows it.
     known: moka::future::Cache<String, bool>,
-    /// tenant name → its stewards' usernames.
-    stewards: moka::future::Cache<String, std::sync::Arc<Vec<String>>>,
+    /// tenant name → its stewards (username, e-mail).
+    stewards: moka::future::Cache<String, std::sync::Arc<Vec<tars_governance::Steward>>>,
 }
 
 impl TenantCheck {
@@ -42,19 +42,17 @@ impl TenantCheck {
         }
     }
 
-    /// The usernames of `tenant`'s stewards (none for a tenant the governance API does
-    /// not know), cached like existence; an outage is 503, never "no stewards".
+    /// `tenant`'s stewards (none for a tenant the governance API does not know), cached
+    /// like existence; an outage is 503, never "no stewards".
     pub async fn stewards(
         &self,
         tenant: &TenantName,
-    ) -> Result<std::sync::Arc<Vec<String>>, ApiError> {
+    ) -> Result<std::sync::Arc<Vec<tars_governance::Steward>>, ApiError> {
         let lookup = async {
-            self.client.tenant(tenant).await.map(|t| {
-                std::sync::Arc::new(
-                    t.map(|info| info.stewards.into_iter().map(|s| s.username).collect())
-                        .unwrap_or_default(),
-                )
-            })
+            self.client
+                .tenant(tenant)
+                .await
+                .map(|t| std::sync::Arc::new(t.map(|info| info.stewards).unwrap_or_default()))
         };
         self.stewards
             .try_get_with(tenant.as_str().to_owned(), lookup)

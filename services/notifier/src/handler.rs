@@ -121,6 +121,28 @@ impl Worker {
         }
     }
 
+    /// The Slack user of `email`, cached; `None` when nobody has it.
+    async fn slack_user(&self, email: &str) -> Result<Option<String>, SlackError> {
+        self.users
+            .try_get_with(email.to_owned(), self.slack.user_by_email(email))
+            .await
+            .map_err(|e| (*e).clone())
+    }
+
+    /// The message of `rec`, mentioning the stewards who can approve it while it waits (a
+    /// steward whose e-mail Slack does not know, or a failed lookup, is left out).
+    async fn render(&self, rec: &RequestRecord) -> (String, serde_json::Value) {
+        let mut mentions = Vec::new();
+        if rec.status == RequestStatus::Pending {
+            for email in &rec.steward_emails {
+                if let Ok(Some(id)) = self.slack_user(email).await {
+                    mentions.push(id);
+                }
+            }
+        }
+        blocks::render_mentioning(rec, &mentions)
+    }
+
     /// DMs the requester about event `kind`, when their KBase e-mail maps to a Slack user.
     async fn tell_requester(&self, id: &RequestId, kind: &'static str) -> Outcome {
         self.once(id, kind, "dm", |rec| async move {
@@ -128,11 +150,7 @@ impl Worker {
             else {
                 return Ok(false);
             };
-            let found = self
-                .users
-                .try_get_with(email.clone(), self.slack.user_by_email(&email))
-                .await
-                .map_err(|e| (*e).clone())?;
+            let found = self.slack_user(&email).await?;
             let Some(user) = found else {
                 tracing::debug!("the requester's e-mail matches no Slack user: no DM");
                 return Ok(false);
@@ -251,7 +269,7 @@ impl Worker {
                 }
             }
         }
-        let (text, blocks) = blocks::render(&rec);
+        let (text, blocks) = self.render(&rec).await;
         let posted = loop {
             fail::fail_point!("notify.before_post");
             let posted = self
@@ -316,7 +334,9 @@ impl Worker {
             })
             .await;
         match stored {
-            Ok((_, now_rec)) if blocks::render(&now_rec.value) != blocks::render(rendered) => {
+            Ok((_, now_rec))
+                if self.render(&now_rec.value).await != self.render(rendered).await =>
+            {
                 self.update(&msg, &now_rec.value).await
             }
             Ok(_) => Outcome::Ack,
@@ -373,7 +393,7 @@ impl Worker {
     }
 
     async fn update(&self, msg: &SlackMessageRef, rec: &RequestRecord) -> Outcome {
-        let mut shown = blocks::render(rec);
+        let mut shown = self.render(rec).await;
         // Each round follows a newer state; a request has a handful of states.
         for _ in 0..8 {
             // Tests hold one update back (`return(<ms>)`) so two finish out of order.
@@ -393,7 +413,7 @@ impl Worker {
                 return slack_outcome(e);
             }
             let latest = match self.store.get(&rec.request_id).await {
-                Ok(Some(v)) => blocks::render(&v.value),
+                Ok(Some(v)) => self.render(&v.value).await,
                 // The message shows what this handler was asked to show; the next event
                 // of the request renders again.
                 _ => return Outcome::Ack,

@@ -105,7 +105,7 @@ pub async fn policy_allows(
             .stewards(&rec.tenant_name)
             .await?
             .iter()
-            .any(|s| s == username.as_str()),
+            .any(|s| s.username == username.as_str()),
         _ => false,
     };
     Ok(rules.may_decide(&tars_domain::policy::Decider {

@@ -125,6 +125,16 @@ pub async fn submit(
         ));
     }
     let duration = duration.or(rules.default_duration);
+    // Stewards named as approvers are mentioned in the approval message.
+    let steward_emails: Vec<String> = match (&st.tenants, rules.names_stewards()) {
+        (Some(check), true) => check
+            .stewards(&tenant)
+            .await?
+            .iter()
+            .filter_map(|s| s.email.clone())
+            .collect(),
+        _ => Vec::new(),
+    };
     let intake = machine::Intake {
         approvals_required: rules.approvals_for(permission),
         auto_approve: rules.auto_approves(permission),
@@ -145,6 +155,7 @@ pub async fn submit(
             now(),
         );
         step.record.requester_email = email.clone();
+        step.record.steward_emails = steward_emails.clone();
         step
     };
     let mut took_token = false;
