@@ -101,13 +101,14 @@ async fn the_requester_hears_each_outcome_by_dm_once_and_nothing_fails_without_a
     let dms = dms_to(&s, "U_ALICE", 3).await;
     assert!(dms[2].contains("was removed (its time ran out)"), "{dms:?}");
     assert!(s.slack.dms().iter().all(|(u, _)| u == "U_ALICE"));
-    let (_, rec) = s
-        .get(&format!("/requests/{granted}"), Some(USER_TOKEN))
-        .await;
-    assert_eq!(
-        rec["notices_sent"],
-        json!(["request.applied", "request.revoked"])
-    );
+    // Each notice is recorded once it is sent (right after the DM lands).
+    eventually(Duration::from_secs(30), "both notices recorded", || async {
+        let (_, rec) = s
+            .get(&format!("/requests/{granted}"), Some(USER_TOKEN))
+            .await;
+        (rec["notices_sent"] == json!(["request.applied", "request.revoked"])).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
