@@ -179,6 +179,15 @@ async fn a_steward_approves_their_own_tenant_and_no_other() {
         msg.blocks
     );
     assert_eq!(s.status_of(&b).await, "pending");
+    // An allowlisted Slack approver counts as holding the admin roles the policy names.
+    let r = s
+        .interactor
+        .click(SLACK_APPROVER, "approve", &b, &s.slack.response_url())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    wait_status(&s, &b, "applied").await;
+    assert_eq!(record(&s, &b).await["decided_by"], "bob");
 }
 
 #[tokio::test]

@@ -109,6 +109,12 @@ impl KBaseAuth {
         }
     }
 
+    /// `KBASE_ADMIN_ROLES`: an allowlisted Slack approver counts as holding them, so a
+    /// policy naming `role:<admin role>` lets them decide.
+    pub fn admin_roles(&self) -> &[String] {
+        &self.cfg.admin_roles
+    }
+
     /// Whether `token`'s answer is cached (valid or refused): checking it costs no call to
     /// KBase. The ingress limits failed authentications only for tokens it does not know.
     pub fn knows(&self, token: &str) -> bool {

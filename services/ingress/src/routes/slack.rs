@@ -204,7 +204,8 @@ async fn click(st: &AppState, c: Click) -> Result<Response, ApiError> {
             };
             // An allowlisted Slack user counts as an admin (the list is the operator's
             // grant); the tenant's policy may still name other approvers.
-            if let Some(why) = refusal(st, &id, decision, kbase_user, &[], true).await? {
+            let roles = st.auth.admin_roles().to_vec();
+            if let Some(why) = refusal(st, &id, decision, kbase_user, &roles, true).await? {
                 tell(st, response_url, why);
                 return Ok(StatusCode::OK.into_response());
             }
