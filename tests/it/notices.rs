@@ -1,4 +1,5 @@
-//! Telling people: the requester's DM for each outcome (once, and nothing fails when their
+//! Telling people: the requester's DM for each outcome (applied, denied, failed, expired,
+//! revoked, ending soon; once, and nothing fails when their
 //! e-mail matches no Slack user), the warning before time-bound access ends, and reminders
 //! in the approval message's thread for requests left pending (an injected clock).
 
@@ -109,6 +110,44 @@ async fn the_requester_hears_each_outcome_by_dm_once_and_nothing_fails_without_a
         (rec["notices_sent"] == json!(["request.applied", "request.revoked"])).then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn failed_and_expired_requests_are_told_too() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    s.slack.add_user("alice@example.org", "U_ALICE");
+    let failing = submit_for(&s, USER_TOKEN, "frozen", None).await;
+    s.governance.faults().fail_next_with(
+        1,
+        400,
+        json!({"error_type": "ValidationError", "message": "tenant is frozen"}),
+    );
+    s.approve(&failing).await;
+    wait_status(&s, &failing, "failed").await;
+    let dms = dms_to(&s, "U_ALICE", 1).await;
+    assert!(dms[0].contains("could not be applied"), "{dms:?}");
+
+    let stale = submit_for(&s, USER_TOKEN, "stale", None).await;
+    let created = tars_domain::RequestId::parse(&stale)
+        .unwrap()
+        .created_at()
+        .unwrap();
+    let (sweeper, _) = s.sweeper().await;
+    // Past the default REQUEST_TTL of 7 days.
+    assert_eq!(
+        sweeper
+            .expire_stale(created + time::Duration::days(8))
+            .await
+            .unwrap(),
+        1
+    );
+    wait_status(&s, &stale, "expired").await;
+    let dms = dms_to(&s, "U_ALICE", 2).await;
+    assert!(dms[1].contains("expired without a decision"), "{dms:?}");
 }
 
 #[tokio::test]
