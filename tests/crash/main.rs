@@ -478,14 +478,6 @@ async fn time_bound_grant(s: &Stack, tenant: &str) -> (String, time::OffsetDateT
     (id, ends)
 }
 
-fn deletes(s: &Stack) -> usize {
-    s.governance
-        .calls()
-        .iter()
-        .filter(|c| c.method == "DELETE")
-        .count()
-}
-
 #[tokio::test]
 async fn a_grant_that_dies_after_the_governance_call_still_ends_when_its_time_runs_out() {
     let scenario = FailScenario::setup();
@@ -497,7 +489,7 @@ async fn a_grant_that_dies_after_the_governance_call_still_ends_when_its_time_ru
     assert_eq!(sweeper.end_access(ends).await.unwrap(), 1);
     wait_status(&s, &id, "revoked").await;
     assert!(s.governance.members_of("crashgrant").is_empty());
-    assert_eq!(deletes(&s), 1);
+    assert_eq!(s.governance_deletes(), 1);
     scenario.teardown();
 }
 
@@ -513,7 +505,7 @@ async fn an_access_sweep_that_dies_after_its_write_still_removes_the_access() {
     // The revocation and its event were one write: the relay announces it.
     wait_status(&s, &id, "revoked").await;
     assert!(s.governance.members_of("crashsweep").is_empty());
-    assert_eq!(deletes(&s), 1);
+    assert_eq!(s.governance_deletes(), 1);
     scenario.teardown();
 }
 
@@ -535,7 +527,7 @@ async fn a_revocation_that_dies_before_or_after_the_governance_call_removes_the_
         assert_eq!(status, 202, "{point}: {body}");
         wait_status(&s, &id, "revoked").await;
         assert!(s.governance.members_of(&tenant).is_empty(), "{point}");
-        assert_eq!(deletes(&s), 1, "{point}: one removal");
+        assert_eq!(s.governance_deletes(), 1, "{point}: one removal");
         assert_eq!(
             s.wait_count(&format!("tars.request.revoked.{id}"), 1).await,
             1,

@@ -36,14 +36,6 @@ async fn applied_for(s: &Stack, tenant: &str, duration: Option<&str>) -> (String
     (id, rec)
 }
 
-fn deletes(s: &Stack) -> usize {
-    s.governance
-        .calls()
-        .iter()
-        .filter(|c| c.method == "DELETE")
-        .count()
-}
-
 fn history_types(rec: &Value) -> Vec<String> {
     rec["history"]
         .as_array()
@@ -85,7 +77,7 @@ async fn time_bound_access_ends_at_its_time_and_is_removed_once() {
             .unwrap(),
         0
     );
-    assert_eq!(deletes(&s), 1, "{:?}", s.governance.calls());
+    assert_eq!(s.governance_deletes(), 1, "{:?}", s.governance.calls());
 
     let msg = wait_message(&s, &id, "Access removed").await;
     let blocks = msg.blocks.to_string();
@@ -126,7 +118,7 @@ async fn the_requester_or_an_admin_revokes_early_and_everyone_else_is_refused() 
     let (status, body, _) = s.post(&revoke(&pending), Some(USER_TOKEN), json!({})).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(s.status_of(&id).await, "applied");
-    assert_eq!(deletes(&s), 0);
+    assert_eq!(s.governance_deletes(), 0);
 
     // The requester gives up her own access.
     let (status, body, _) = s
@@ -156,7 +148,7 @@ async fn the_requester_or_an_admin_revokes_early_and_everyone_else_is_refused() 
         .await;
     assert_eq!(rec["revoked_by"], "bob");
     assert!(s.governance.members_of("pond").is_empty());
-    assert_eq!(deletes(&s), 2);
+    assert_eq!(s.governance_deletes(), 2);
 }
 
 #[tokio::test]
@@ -182,7 +174,7 @@ async fn a_membership_the_user_already_had_is_left_in_place_when_access_ends() {
         s.governance.members_of("shared"),
         vec![("alice".to_owned(), "read_write".to_owned())]
     );
-    assert_eq!(deletes(&s), 0);
+    assert_eq!(s.governance_deletes(), 0);
 }
 
 #[tokio::test]
@@ -267,6 +259,6 @@ async fn access_that_ended_while_everything_was_down_is_removed_when_it_returns(
         (rec.status == tars_domain::RequestStatus::Revoked).then_some(rec)
     })
     .await;
-    assert_eq!(deletes(&s), 1);
+    assert_eq!(s.governance_deletes(), 1);
     stop.cancel();
 }

@@ -252,6 +252,15 @@ impl Stack {
         )
     }
 
+    /// How many `DELETE`s (revocations) the governance stand-in has answered.
+    pub fn governance_deletes(&self) -> usize {
+        self.governance
+            .calls()
+            .iter()
+            .filter(|c| c.method == "DELETE")
+            .count()
+    }
+
     /// The governance-applier's settings for this stack.
     pub fn applier_args(&self) -> tars_governance_applier::Args {
         tars_governance_applier::Args {

@@ -394,25 +394,7 @@ pub async fn cancel(
     let cmd = Command::Cancel {
         by: user.username.clone(),
     };
-    let at = now();
-    let step = match st
-        .store
-        .step(&rec.request_id, &cmd, at, 0, &st.policy)
-        .await?
-    {
-        Ok(step) => step,
-        Err(Refusal::NotRequester) => {
-            return Err(ApiError::forbidden(
-                "only the requester may cancel a request",
-            ));
-        }
-        Err(refusal) => {
-            return Err(ApiError::conflict(format!(
-                "request {} is {refusal}",
-                rec.request_id
-            )));
-        }
-    };
+    let (step, at) = step_now(&st, &rec.request_id, &cmd).await?;
     fail::fail_point!("cancel.after_write");
     // A repeat (cancelled already) publishes again in case the first publish was lost;
     // the stream keeps one copy.
@@ -431,6 +413,23 @@ pub async fn cancel(
         "status": "cancelled",
         "message": format!("Request {} cancelled.", rec.request_id),
     })))
+}
+
+/// Steps `cmd` on the stored record of `id` now (one compare-and-set, its events in the
+/// outbox); a refusal is 409, or 403 when only the requester may do this.
+async fn step_now(
+    st: &AppState,
+    id: &RequestId,
+    cmd: &Command,
+) -> Result<(machine::Step, time::OffsetDateTime), ApiError> {
+    let at = now();
+    match st.store.step(id, cmd, at, 0, &st.policy).await? {
+        Ok(step) => Ok((step, at)),
+        Err(Refusal::NotRequester) => Err(ApiError::forbidden(
+            "only the requester may cancel a request",
+        )),
+        Err(refusal) => Err(ApiError::conflict(format!("request {id}: {refusal}"))),
+    }
 }
 
 /// `POST /requests/{id}/revoke` body.
@@ -457,20 +456,7 @@ pub async fn revoke(
         by: user.username.clone(),
         reason,
     };
-    let at = now();
-    let step = match st
-        .store
-        .step(&rec.request_id, &cmd, at, 0, &st.policy)
-        .await?
-    {
-        Ok(step) => step,
-        Err(refusal) => {
-            return Err(ApiError::conflict(format!(
-                "request {}: {refusal}",
-                rec.request_id
-            )));
-        }
-    };
+    let (step, at) = step_now(&st, &rec.request_id, &cmd).await?;
     fail::fail_point!("revoke.after_write");
     // A repeat (this caller's revocation is under way) publishes again in case the first
     // publish was lost; the stream keeps one copy.
