@@ -163,7 +163,11 @@ pub async fn list(
     if ndjson {
         return Ok(stream(st.events.clone(), f, q.cursor).into_response());
     }
-    let limit = q.limit.unwrap_or(100).clamp(1, SCAN);
+    let limit = match q.limit {
+        None => 100,
+        Some(n @ 1..=SCAN) => n,
+        Some(n) => return Err(invalid(format!("limit: {n} is not between 1 and {SCAN}"))),
+    };
     let page = read(&st.events, &f, start(&f, q.cursor), SCAN).await?;
     let mut events = Vec::new();
     let mut next = page.next;
