@@ -154,6 +154,7 @@ async fn admins_read_the_audit_by_filter_and_page_and_others_are_refused() {
         "?colour=red",
         "?limit=0",
         "?limit=501",
+        "?cursor=0",
     ] {
         let (status, body) = audit(&s, bad).await;
         assert_eq!(status, 422, "{bad}: {body}");

@@ -122,7 +122,7 @@ pub fn document() -> Value {
                     {"name": "requester", "in": "query", "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,100}$"}},
                     {"name": "request_id", "in": "query", "schema": {"type": "string", "format": "uuid"}},
                     {"name": "type", "in": "query", "schema": {"enum": tars_domain::events::Event::KINDS}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": crate::routes::audit::MAX_CURSOR}},
                     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500}}],
                 "responses": op("", true, None, &[("200", "{events, next}"), ("403", "not an admin"), ("422", "unknown or invalid query parameter")])["responses"].clone()}},
             "/admin/dead-letters": {"get": op("List dead letters (admin)", true, None, &[("200", "{dead_letters, next}"), ("403", "not an admin"), ("422", "unknown or invalid query parameter")])},

@@ -24,6 +24,10 @@ use crate::state::AppState;
 /// Stored events read per page.
 pub const SCAN: usize = 500;
 
+/// The largest cursor (a stream sequence) the API takes: the largest integer JSON
+/// clients keep exactly.
+pub const MAX_CURSOR: u64 = 9_007_199_254_740_991;
+
 /// `GET /audit` query.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -156,6 +160,13 @@ pub async fn list(
     StrictQuery(q): StrictQuery<AuditQuery>,
 ) -> Result<Response, ApiError> {
     let f = Filter::parse(&q)?;
+    if let Some(c) = q.cursor
+        && !(1..=MAX_CURSOR).contains(&c)
+    {
+        return Err(invalid(format!(
+            "cursor: {c} is not a cursor (1 to {MAX_CURSOR})"
+        )));
+    }
     let ndjson = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
