@@ -330,10 +330,19 @@ async fn bench_ingress(fsync: bool, slow_slack: bool) {
             .arg(format!("{}/requests/", s.base))
             .env("TARS_BENCH_BODY", if invalid { "invalid" } else { "valid" })
             .output();
-        match out {
-            Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
-            Err(e) => format!("wrk not available ({e}); install it with `apt-get install wrk`"),
-        }
+        // No wrk, or no summary from it, is a failed benchmark, never a row of zeros.
+        let o = match out {
+            Ok(o) => o,
+            Err(e) => panic!("wrk is not available ({e}); install it with `apt-get install wrk`"),
+        };
+        let text = String::from_utf8_lossy(&o.stdout).into_owned();
+        assert!(
+            o.status.success() && text.contains("Requests/sec"),
+            "wrk gave no summary (exit {}):\n{text}\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+        text
     };
     // Warm the auth cache: the same token sequence, with a body that fails validation after
     // authentication (422), so the cache holds every token the measured run will use.
