@@ -8,8 +8,10 @@
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use std::sync::Arc;
 use tars_domain::{Permission, TenantName};
-use tars_governance::{Api, GovernanceClient, GovernanceError};
+
+use tars_governance::{Api, GovernanceClient, GovernanceError, Steward, TenantInfo};
 
 use crate::error::ApiError;
 
@@ -20,10 +22,9 @@ const TTL: Duration = Duration::from_secs(30);
 #[derive(Clone)]
 pub struct TenantCheck {
     client: GovernanceClient,
-    /// tenant name → whether the governance API knows it.
-    known: moka::future::Cache<String, bool>,
-    /// tenant name → its stewards (username, e-mail).
-    stewards: moka::future::Cache<String, std::sync::Arc<Vec<tars_governance::Steward>>>,
+    /// tenant name → what `GET /tenants/{tenant}` said (`None`: no such tenant): one
+    /// lookup answers both "does it exist" and "who stewards it".
+    tenants: moka::future::Cache<String, Option<Arc<TenantInfo>>>,
 }
 
 impl TenantCheck {
@@ -31,44 +32,37 @@ impl TenantCheck {
     pub fn new(client: GovernanceClient) -> Self {
         Self {
             client,
-            known: moka::future::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(TTL)
-                .build(),
-            stewards: moka::future::Cache::builder()
+            tenants: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(TTL)
                 .build(),
         }
     }
 
-    /// `tenant`'s stewards (none for a tenant the governance API does not know), cached
-    /// like existence; an outage is 503, never "no stewards".
-    pub async fn stewards(
-        &self,
-        tenant: &TenantName,
-    ) -> Result<std::sync::Arc<Vec<tars_governance::Steward>>, ApiError> {
-        let lookup = async {
-            self.client
-                .tenant(tenant)
-                .await
-                .map(|t| std::sync::Arc::new(t.map(|info| info.stewards).unwrap_or_default()))
-        };
-        self.stewards
+    /// What the governance API says about `tenant`, cached; an outage is 503, never "no
+    /// such tenant".
+    async fn info(&self, tenant: &TenantName) -> Result<Option<Arc<TenantInfo>>, ApiError> {
+        let lookup = async { self.client.tenant(tenant).await.map(|t| t.map(Arc::new)) };
+        self.tenants
             .try_get_with(tenant.as_str().to_owned(), lookup)
             .await
             .map_err(|e| unavailable(&e))
+    }
+
+    /// `tenant`'s stewards (none for a tenant the governance API does not know).
+    pub async fn stewards(&self, tenant: &TenantName) -> Result<Vec<Steward>, ApiError> {
+        Ok(self
+            .info(tenant)
+            .await?
+            .map(|i| i.stewards.clone())
+            .unwrap_or_default())
     }
 
     async fn exists(&self, tenant: &str) -> Result<bool, ApiError> {
         let Ok(name) = TenantName::parse(tenant) else {
             return Ok(false);
         };
-        let lookup = async { self.client.tenant(&name).await.map(|t| t.is_some()) };
-        self.known
-            .try_get_with(tenant.to_owned(), lookup)
-            .await
-            .map_err(|e| unavailable(&e))
+        Ok(self.info(&name).await?.is_some())
     }
 
     /// `Ok` if a request for `permission` on `tenant` can be applied unambiguously.
