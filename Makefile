@@ -4,16 +4,21 @@ SHELL := /bin/bash
 NATS_SERVER_BIN := $(shell ./scripts/ensure-nats-server.sh)
 export NATS_SERVER_BIN
 
-.PHONY: run test test-ui lint deny bench fuzz-api nats-server
+.PHONY: run test test-ui test-deploy lint deny bench fuzz-api nats-server
 
 ## run: the whole stack on this machine (nats-server, four services, Slack/KBase/governance stand-ins)
 run:
 	cargo run -p tars-dev --bin tars-dev
 
-## test: every test, against a real nats-server started by the tests, then the tars-dev page in headless Chromium
+## test: every test, against a real nats-server started by the tests, then the tars-dev page in headless Chromium and the alert rules
 test:
 	cargo test --workspace --all-targets
 	./scripts/test-ui.sh
+	./scripts/test-deploy.sh
+
+## test-deploy: the Prometheus alert rules and their promtool unit tests
+test-deploy:
+	./scripts/test-deploy.sh
 
 ## test-ui: the tars-dev Slack page driven in headless Chromium (Debian chromium, PyPI playwright)
 test-ui:
