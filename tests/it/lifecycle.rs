@@ -175,6 +175,50 @@ async fn a_membership_the_user_already_had_is_left_in_place_when_access_ends() {
         vec![("alice".to_owned(), "read_write".to_owned())]
     );
     assert_eq!(s.governance_deletes(), 0);
+    let (_, rec) = s.get(&format!("/requests/{id}"), Some(USER_TOKEN)).await;
+    assert!(
+        rec["revoke_note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("before TARS granted it"),
+        "{rec}"
+    );
+}
+
+#[tokio::test]
+async fn a_level_changed_after_the_grant_is_left_and_the_record_says_why() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    let (id, rec) = applied_for(&s, "raised", None).await;
+    assert_eq!(rec["membership_added"], true, "{rec}");
+    // An operator raises alice to read_write outside TARS.
+    s.governance.set_member("raised", "alice", "read_write");
+    let (status, body, _) = s
+        .post(
+            &format!("/requests/{id}/revoke"),
+            Some(ADMIN_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    wait_status(&s, &id, "revoked").await;
+    assert_eq!(
+        s.governance.members_of("raised"),
+        vec![("alice".to_owned(), "read_write".to_owned())],
+        "TARS never lowers access it did not grant"
+    );
+    assert_eq!(s.governance_deletes(), 0);
+    let (_, rec) = s.get(&format!("/requests/{id}"), Some(ADMIN_TOKEN)).await;
+    assert!(
+        rec["revoke_note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("another access level"),
+        "{rec}"
+    );
 }
 
 #[tokio::test]

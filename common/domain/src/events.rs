@@ -131,6 +131,10 @@ pub enum Event {
     RequestRevoked {
         /// The reason the revocation was started with.
         reason: String,
+        /// Why the membership was left as it was, when it was (the user held another
+        /// level, had it before TARS granted it, or was no longer a member).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        left_alone: Option<String>,
     },
 }
 
@@ -331,6 +335,7 @@ mod tests {
             },
             Event::RequestRevoked {
                 reason: "expired".into(),
+                left_alone: None,
             },
             Event::RequestAccessEnding {
                 ends_at: OffsetDateTime::UNIX_EPOCH,

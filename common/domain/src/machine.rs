@@ -121,8 +121,12 @@ pub enum Command {
     EndAccess,
     /// The governance-applier took the revocation order and is about to carry it out.
     StartRevoke,
-    /// The governance API removed the membership (or it was gone already).
-    AccessRemoved,
+    /// The governance API removed the membership (or it was gone), or TARS left it
+    /// (`left_alone` says why: the user holds another level now).
+    AccessRemoved {
+        /// Why nothing was removed, when nothing was.
+        left_alone: Option<String>,
+    },
     /// The access sweep found applied time-bound access; the requester is warned once
     /// when less than `warning` is left (not for grants shorter than twice `warning`).
     WarnAccessEnding {
@@ -387,10 +391,11 @@ fn consequences(
             vec![],
         ))
     };
-    let revoked = || {
+    let revoked = |left_alone: Option<String>| {
         transition(
             Event::RequestRevoked {
                 reason: r.revoked_reason.clone().unwrap_or_default(),
+                left_alone,
             },
             SYSTEM_ACTOR,
         )
@@ -526,14 +531,20 @@ fn consequences(
         },
         Command::StartRevoke => match r.status {
             // A membership TARS did not add is not TARS's to remove.
-            S::Revoking if !r.membership_added => Ok((vec![revoked()], vec![])),
+            S::Revoking if !r.membership_added => Ok((
+                vec![revoked(Some(
+                    "the user had this access before TARS granted it; left as it was".into(),
+                ))],
+                vec![],
+            )),
             S::Revoking => Ok((vec![], vec![Effect::Revoke(Membership::of(r))])),
             // Removed already; the revoked event may have been lost: emit it again.
-            S::Revoked => Ok((vec![revoked()], vec![])),
+            S::Revoked => Ok((vec![revoked(r.revoke_note.clone())], vec![])),
             _ => Err(settled(r)),
         },
-        Command::AccessRemoved => match r.status {
-            S::Revoking | S::Revoked => Ok((vec![revoked()], vec![])),
+        Command::AccessRemoved { left_alone } => match r.status {
+            S::Revoking => Ok((vec![revoked(left_alone.clone())], vec![])),
+            S::Revoked => Ok((vec![revoked(r.revoke_note.clone())], vec![])),
             _ => Err(settled(r)),
         },
         Command::WarnAccessEnding { warning } => {
@@ -688,10 +699,11 @@ pub fn evolve(
                 r.revoked_reason = Some(reason.clone());
             }
         }
-        Event::RequestRevoked { .. } => {
+        Event::RequestRevoked { left_alone, .. } => {
             if r.status == S::Revoking {
                 r.status = S::Revoked;
                 r.revoked_at = Some(at);
+                r.revoke_note = left_alone.clone();
             }
         }
         Event::RequestAccessEnding { .. } => {
@@ -937,7 +949,13 @@ mod tests {
         assert_eq!(s.record.revoked_reason.as_deref(), Some(EXPIRED_REASON));
         let order = step(&s.record, &Command::StartRevoke, end, &p).unwrap();
         assert_eq!(order.effects, vec![Effect::Revoke(Membership::of(&r))]);
-        let done = step(&s.record, &Command::AccessRemoved, end, &p).unwrap();
+        let done = step(
+            &s.record,
+            &Command::AccessRemoved { left_alone: None },
+            end,
+            &p,
+        )
+        .unwrap();
         assert_eq!(done.record.status, RequestStatus::Revoked);
         assert_eq!(done.record.revoked_at, Some(end));
         // A redelivered order after the removal only re-emits the outcome.
@@ -1109,7 +1127,8 @@ mod tests {
                 .prop_map(|(by, reason)| Command::Revoke { by, reason }),
             Just(Command::EndAccess),
             Just(Command::StartRevoke),
-            Just(Command::AccessRemoved),
+            proptest::option::of(Just("left".to_owned()))
+                .prop_map(|left_alone| Command::AccessRemoved { left_alone }),
             (1u64..500).prop_map(|s| Command::WarnAccessEnding {
                 warning: Duration::from_secs(s)
             }),

@@ -256,6 +256,9 @@ pub struct RequestRecord {
     /// Why: `expired`, or the words of whoever revoked it early.
     #[serde(default)]
     pub revoked_reason: Option<String>,
+    /// Why the membership was left in place instead of removed, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoke_note: Option<String>,
     /// When the governance API removed the access.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub revoked_at: Option<OffsetDateTime>,
@@ -348,6 +351,7 @@ impl RequestRecord {
             revoked_by: None,
             revoked_reason: None,
             revoked_at: None,
+            revoke_note: None,
             outbox: Vec::new(),
         }
     }

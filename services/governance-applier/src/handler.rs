@@ -194,19 +194,29 @@ impl Worker {
             .await
         {
             Ok(how) => {
-                match how {
+                let left_alone = match how {
                     Removed::Removed => {
-                        tracing::info!(tenant = %m.tenant, permission = %m.permission, user = %m.user, "access removed")
+                        tracing::info!(tenant = %m.tenant, permission = %m.permission, user = %m.user, "access removed");
+                        None
                     }
                     Removed::NotMember => {
-                        tracing::info!(tenant = %m.tenant, user = %m.user, "the user was no longer a member: nothing to remove")
+                        // Also what a redelivery after our own removal finds: success.
+                        tracing::info!(tenant = %m.tenant, user = %m.user, "the user was no longer a member: nothing to remove");
+                        None
                     }
                     Removed::LeftAlone => {
-                        tracing::info!(tenant = %m.tenant, user = %m.user, "the user holds another level now: left as it is")
+                        tracing::info!(tenant = %m.tenant, user = %m.user, "the user holds another level now: left as it is");
+                        Some(format!(
+                            "the user now holds another access level than {} on the tenant; left as it is",
+                            m.permission
+                        ))
                     }
-                }
+                };
                 fail::fail_point!("revoke.after_call");
-                match self.step(id, Command::AccessRemoved, cause).await {
+                match self
+                    .step(id, Command::AccessRemoved { left_alone }, cause)
+                    .await
+                {
                     Ok(_) | Err(Outcome::Ack) => Outcome::Ack,
                     Err(o) => o,
                 }

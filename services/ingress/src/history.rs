@@ -38,9 +38,12 @@ pub fn entry(env: &Envelope) -> Value {
         Event::RequestApplied { group, added } => {
             (None, json!({"group": group, "membership_added": added}))
         }
-        Event::RequestFailed { reason }
-        | Event::RequestRevoking { reason }
-        | Event::RequestRevoked { reason } => (None, json!({"reason": reason})),
+        Event::RequestFailed { reason } | Event::RequestRevoking { reason } => {
+            (None, json!({"reason": reason}))
+        }
+        Event::RequestRevoked { reason, left_alone } => {
+            (None, json!({"reason": reason, "left_alone": left_alone}))
+        }
         _ => (None, Value::Null),
     };
     json!({
