@@ -3,6 +3,7 @@
 
 mod architecture;
 mod audit;
+mod deploy;
 mod growth;
 mod ingress;
 mod lifecycle;
