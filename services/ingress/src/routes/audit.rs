@@ -120,6 +120,25 @@ impl Filter {
                 .is_none_or(|r| env.requester.as_ref() == Some(r))
     }
 
+    /// The rows of `page` this filter keeps, at most `limit`, and where the next page
+    /// starts (`None`: the log, or the window, ends here).
+    fn select(&self, page: &LogPage, limit: usize) -> (Vec<Value>, Option<u64>) {
+        let mut rows = Vec::new();
+        for (seq, env) in &page.events {
+            if self.past(env) {
+                return (rows, None);
+            }
+            if self.keeps(env) {
+                rows.push(row(*seq, env));
+                if rows.len() == limit {
+                    // More may follow; a page past the end answers empty with `next: null`.
+                    return (rows, Some(seq + 1));
+                }
+            }
+        }
+        (rows, page.next)
+    }
+
     /// Whether the log from here on is past `until` (events are stored in time order,
     /// near enough: a page that starts after it ends the read).
     fn past(&self, env: &Envelope) -> bool {
@@ -171,31 +190,16 @@ pub async fn list(
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/x-ndjson"));
-    if ndjson {
-        return Ok(stream(st.events.clone(), f, q.cursor).into_response());
-    }
     let limit = match q.limit {
         None => 100,
         Some(n @ 1..=SCAN) => n,
         Some(n) => return Err(invalid(format!("limit: {n} is not between 1 and {SCAN}"))),
     };
-    let page = read(&st.events, &f, start(&f, q.cursor), SCAN).await?;
-    let mut events = Vec::new();
-    let mut next = page.next;
-    for (seq, env) in &page.events {
-        if f.past(env) {
-            next = None;
-            break;
-        }
-        if f.keeps(env) {
-            events.push(row(*seq, env));
-            if events.len() == limit {
-                // More may follow; a page past the end answers empty with `next: null`.
-                next = Some(seq + 1);
-                break;
-            }
-        }
+    if ndjson {
+        return Ok(stream(st.events.clone(), f, q.cursor).into_response());
     }
+    let page = read(&st.events, &f, start(&f, q.cursor), SCAN).await?;
+    let (events, next) = f.select(&page, limit);
     Ok(Json(json!({"events": events, "next": next})).into_response())
 }
 
@@ -209,19 +213,9 @@ fn stream(log: EventLog, f: Filter, cursor: Option<u64>) -> Response {
             let from = from?;
             match read(&log, &f, from, SCAN).await {
                 Ok(page) => {
-                    let mut out = String::new();
-                    let mut next = page.next.map(From::Seq);
-                    for (seq, env) in &page.events {
-                        if f.past(env) {
-                            next = None;
-                            break;
-                        }
-                        if f.keeps(env) {
-                            out.push_str(&row(*seq, env).to_string());
-                            out.push('\n');
-                        }
-                    }
-                    Some((Ok::<_, std::io::Error>(out), next))
+                    let (rows, next) = f.select(&page, usize::MAX);
+                    let out: String = rows.iter().map(|r| format!("{r}\n")).collect();
+                    Some((Ok::<_, std::io::Error>(out), next.map(From::Seq)))
                 }
                 Err(e) => Some((Err(std::io::Error::other(e.message)), None)),
             }
