@@ -38,13 +38,6 @@ async fn message_about(s: &Stack, tenant: &str, containing: &str) -> SlackMessag
     .await
 }
 
-async fn wait_status(s: &Stack, id: &str, want: &str) {
-    eventually(LONG, &format!("{id} to be {want}"), || async {
-        (s.status_of(id).await == want).then_some(())
-    })
-    .await;
-}
-
 /// The request id a message's Approve button carries.
 fn id_in(m: &SlackMessage) -> String {
     let text = m.blocks.to_string();
@@ -459,23 +452,9 @@ async fn a_notifier_that_dies_after_posting_leaves_one_message() {
 /// Alice's read_only request on `tenant` for one hour, approved and applied; returns its
 /// id and when its access ends.
 async fn time_bound_grant(s: &Stack, tenant: &str) -> (String, time::OffsetDateTime) {
-    let (status, body, _) = s
-        .post(
-            "/requests/",
-            Some(USER_TOKEN),
-            json!({"tenant_name": tenant, "duration": "1h"}),
-        )
-        .await;
-    assert_eq!(status, 202, "{body}");
-    let id = body["request_id"].as_str().unwrap().to_owned();
-    approve_and_see_it_granted(s, &id, tenant).await;
-    let (_, rec) = s.get(&format!("/requests/{id}"), Some(ADMIN_TOKEN)).await;
-    let ends = time::OffsetDateTime::parse(
-        rec["access_expires_at"].as_str().unwrap(),
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap();
-    (id, ends)
+    let (id, rec) = s.applied(tenant, Some("1h")).await;
+    message_about(s, tenant, "access granted").await;
+    (id, time_of(&rec["access_expires_at"]))
 }
 
 #[tokio::test]

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::pipeline::wait_status;
 use crate::stack::*;
 use crate::support::eventually;
 

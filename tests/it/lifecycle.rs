@@ -5,36 +5,10 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
-use crate::pipeline::{wait_message, wait_status};
+use crate::pipeline::wait_message;
 use crate::stack::*;
 use crate::support::{LONG, eventually};
-
-fn at(v: &Value) -> OffsetDateTime {
-    OffsetDateTime::parse(
-        v.as_str().unwrap_or_else(|| panic!("not a time: {v}")),
-        &Rfc3339,
-    )
-    .unwrap()
-}
-
-/// Alice asks for read_only on `tenant` (for `duration`, if given), bob approves over
-/// REST; returns the id and the applied record.
-async fn applied_for(s: &Stack, tenant: &str, duration: Option<&str>) -> (String, Value) {
-    let mut body = json!({"tenant_name": tenant, "permission": "read_only"});
-    if let Some(d) = duration {
-        body["duration"] = json!(d);
-    }
-    let (status, answer, _) = s.post("/requests/", Some(USER_TOKEN), body).await;
-    assert_eq!(status, 202, "{answer}");
-    let id = answer["request_id"].as_str().unwrap().to_owned();
-    s.approve(&id).await;
-    wait_status(s, &id, "applied").await;
-    let (_, rec) = s.get(&format!("/requests/{id}"), Some(ADMIN_TOKEN)).await;
-    (id, rec)
-}
 
 fn history_types(rec: &Value) -> Vec<String> {
     rec["history"]
@@ -56,9 +30,9 @@ async fn time_bound_access_ends_at_its_time_and_is_removed_once() {
         ..Options::default()
     })
     .await;
-    let (id, rec) = applied_for(&s, "lake", Some("1h")).await;
-    let ends = at(&rec["access_expires_at"]);
-    assert_eq!(ends - at(&rec["applied_at"]), time::Duration::hours(1));
+    let (id, rec) = s.applied("lake", Some("1h")).await;
+    let ends = time_of(&rec["access_expires_at"]);
+    assert_eq!(ends - time_of(&rec["applied_at"]), time::Duration::hours(1));
     assert_eq!(s.governance.members_of("lake"), alice_read_only());
     wait_message(&s, &id, "it ends at").await;
 
@@ -102,7 +76,7 @@ async fn the_requester_or_an_admin_revokes_early_and_everyone_else_is_refused() 
     })
     .await;
     s.kbase.add_user("token-dave", "dave", &[]);
-    let (id, _) = applied_for(&s, "lake", None).await;
+    let (id, _) = s.applied("lake", None).await;
     let revoke = |id: &str| format!("/requests/{id}/revoke");
 
     // Somebody else's grant: the uniform 404.
@@ -139,7 +113,7 @@ async fn the_requester_or_an_admin_revokes_early_and_everyone_else_is_refused() 
     assert_eq!(status, 409, "revoked is final: {body}");
 
     // An admin revokes somebody else's.
-    let (other, _) = applied_for(&s, "pond", None).await;
+    let (other, _) = s.applied("pond", None).await;
     let (status, body, _) = s.post(&revoke(&other), Some(ADMIN_TOKEN), json!({})).await;
     assert_eq!(status, 202, "{body}");
     wait_status(&s, &other, "revoked").await;
@@ -159,12 +133,12 @@ async fn a_membership_the_user_already_had_is_left_in_place_when_access_ends() {
     })
     .await;
     s.governance.set_member("shared", "alice", "read_write");
-    let (id, rec) = applied_for(&s, "shared", Some("2h")).await;
+    let (id, rec) = s.applied("shared", Some("2h")).await;
     assert_eq!(rec["membership_added"], false, "{rec}");
     let (sweeper, _) = s.sweeper().await;
     assert_eq!(
         sweeper
-            .end_access(at(&rec["access_expires_at"]))
+            .end_access(time_of(&rec["access_expires_at"]))
             .await
             .unwrap(),
         1
@@ -192,7 +166,7 @@ async fn a_level_changed_after_the_grant_is_left_and_the_record_says_why() {
         ..Options::default()
     })
     .await;
-    let (id, rec) = applied_for(&s, "raised", None).await;
+    let (id, rec) = s.applied("raised", None).await;
     assert_eq!(rec["membership_added"], true, "{rec}");
     // An operator raises alice to read_write outside TARS.
     s.governance.set_member("raised", "alice", "read_write");
@@ -228,7 +202,7 @@ async fn an_approver_revokes_from_slack_and_nobody_else_can() {
         ..Options::default()
     })
     .await;
-    let (id, _) = applied_for(&s, "lake", None).await;
+    let (id, _) = s.applied("lake", None).await;
     wait_message(&s, &id, r#""action_id":"revoke""#).await;
     let url = s.slack.response_url();
     let r = s
@@ -268,8 +242,8 @@ async fn access_that_ended_while_everything_was_down_is_removed_when_it_returns(
         ..Options::default()
     })
     .await;
-    let (id, rec) = applied_for(&s, "lake", Some("1h")).await;
-    let ends = at(&rec["access_expires_at"]);
+    let (id, rec) = s.applied("lake", Some("1h")).await;
+    let ends = time_of(&rec["access_expires_at"]);
     s.stop_services().await;
     s.nats.server.restart().unwrap();
 

@@ -5,17 +5,11 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+use serde_json::json;
 
-use crate::pipeline::{wait_message, wait_status};
+use crate::pipeline::wait_message;
 use crate::stack::*;
 use crate::support::eventually;
-
-fn at(v: &Value) -> OffsetDateTime {
-    OffsetDateTime::parse(v.as_str().unwrap(), &Rfc3339).unwrap()
-}
 
 /// Waits until alice has exactly `n` DMs and returns them.
 async fn dms_to(s: &Stack, user: &str, n: usize) -> Vec<String> {
@@ -36,16 +30,6 @@ async fn dms_to(s: &Stack, user: &str, n: usize) -> Vec<String> {
     .await
 }
 
-async fn submit_for(s: &Stack, token: &str, tenant: &str, duration: Option<&str>) -> String {
-    let mut body = json!({"tenant_name": tenant});
-    if let Some(d) = duration {
-        body["duration"] = json!(d);
-    }
-    let (status, answer, _) = s.post("/requests/", Some(token), body).await;
-    assert_eq!(status, 202, "{answer}");
-    answer["request_id"].as_str().unwrap().to_owned()
-}
-
 #[tokio::test]
 async fn the_requester_hears_each_outcome_by_dm_once_and_nothing_fails_without_a_match() {
     let s = Stack::start(Options {
@@ -58,14 +42,14 @@ async fn the_requester_hears_each_outcome_by_dm_once_and_nothing_fails_without_a
     s.slack.add_user("alice@example.org", "U_ALICE");
     s.kbase.add_user("token-dave", "dave", &[]);
 
-    let granted = submit_for(&s, USER_TOKEN, "lake", Some("1h")).await;
+    let granted = s.submit_for(USER_TOKEN, "lake", Some("1h")).await;
     s.approve(&granted).await;
     wait_status(&s, &granted, "applied").await;
     let dms = dms_to(&s, "U_ALICE", 1).await;
     assert!(dms[0].contains("is granted; it ends at"), "{dms:?}");
     assert!(dms[0].contains(&granted), "{dms:?}");
 
-    let denied = submit_for(&s, USER_TOKEN, "pond", None).await;
+    let denied = s.submit_for(USER_TOKEN, "pond", None).await;
     let (status, _, _) = s
         .post(
             "/approvals/deny",
@@ -79,7 +63,7 @@ async fn the_requester_hears_each_outcome_by_dm_once_and_nothing_fails_without_a
 
     // Nobody in Slack has dave's e-mail: his outcome is shown in the channel, no DM is
     // sent, and nothing is retried or dead-lettered.
-    let daves = submit_for(&s, "token-dave", "lake", None).await;
+    let daves = s.submit_for("token-dave", "lake", None).await;
     s.approve(&daves).await;
     wait_status(&s, &daves, "applied").await;
     wait_message(&s, &daves, "access granted").await;
@@ -93,7 +77,7 @@ async fn the_requester_hears_each_outcome_by_dm_once_and_nothing_fails_without_a
     let (sweeper, _) = s.sweeper().await;
     assert_eq!(
         sweeper
-            .end_access(at(&rec["access_expires_at"]))
+            .end_access(time_of(&rec["access_expires_at"]))
             .await
             .unwrap(),
         1
@@ -120,7 +104,7 @@ async fn failed_and_expired_requests_are_told_too() {
     })
     .await;
     s.slack.add_user("alice@example.org", "U_ALICE");
-    let failing = submit_for(&s, USER_TOKEN, "frozen", None).await;
+    let failing = s.submit_for(USER_TOKEN, "frozen", None).await;
     s.governance.faults().fail_next_with(
         1,
         400,
@@ -131,7 +115,7 @@ async fn failed_and_expired_requests_are_told_too() {
     let dms = dms_to(&s, "U_ALICE", 1).await;
     assert!(dms[0].contains("could not be applied"), "{dms:?}");
 
-    let stale = submit_for(&s, USER_TOKEN, "stale", None).await;
+    let stale = s.submit_for(USER_TOKEN, "stale", None).await;
     let created = tars_domain::RequestId::parse(&stale)
         .unwrap()
         .created_at()
@@ -158,12 +142,12 @@ async fn the_requester_is_warned_once_before_time_bound_access_ends() {
     })
     .await;
     s.slack.add_user("alice@example.org", "U_ALICE");
-    let id = submit_for(&s, USER_TOKEN, "lake", Some("3d")).await;
+    let id = s.submit_for(USER_TOKEN, "lake", Some("3d")).await;
     s.approve(&id).await;
     wait_status(&s, &id, "applied").await;
     dms_to(&s, "U_ALICE", 1).await;
     let (_, rec) = s.get(&format!("/requests/{id}"), Some(USER_TOKEN)).await;
-    let ends = at(&rec["access_expires_at"]);
+    let ends = time_of(&rec["access_expires_at"]);
     let (sweeper, metrics) = s.sweeper().await;
     let warnings = || {
         metrics

@@ -10,13 +10,6 @@ use crate::support::eventually;
 
 const E2E: Duration = Duration::from_secs(60);
 
-pub(crate) async fn wait_status(s: &Stack, id: &str, want: &str) {
-    eventually(E2E, &format!("{id} to be {want}"), || async {
-        (s.status_of(id).await == want).then_some(())
-    })
-    .await;
-}
-
 pub(crate) fn message_for(
     s: &Stack,
     id: &str,

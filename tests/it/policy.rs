@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::pipeline::{message_for, wait_message, wait_status};
+use crate::pipeline::{message_for, wait_message};
 use crate::stack::*;
 use crate::support::eventually;
 

@@ -322,6 +322,30 @@ impl Stack {
         )
     }
 
+    /// Submits read_only access to `tenant` (for `duration`, if given) as `token`; returns
+    /// the request id.
+    pub async fn submit_for(&self, token: &str, tenant: &str, duration: Option<&str>) -> String {
+        let mut body = serde_json::json!({"tenant_name": tenant, "permission": "read_only"});
+        if let Some(d) = duration {
+            body["duration"] = serde_json::json!(d);
+        }
+        let (status, answer, _) = self.post("/requests/", Some(token), body).await;
+        assert_eq!(status, 202, "{answer}");
+        answer["request_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Alice's read_only request on `tenant` (for `duration`, if given), approved by bob
+    /// over REST and applied; returns its id and record.
+    pub async fn applied(&self, tenant: &str, duration: Option<&str>) -> (String, Value) {
+        let id = self.submit_for(USER_TOKEN, tenant, duration).await;
+        self.approve(&id).await;
+        wait_status(self, &id, "applied").await;
+        let (_, rec) = self
+            .get(&format!("/requests/{id}"), Some(ADMIN_TOKEN))
+            .await;
+        (id, rec)
+    }
+
     /// Submits as the user; returns the request id.
     pub async fn submit(&self, tenant: &str, permission: &str) -> String {
         let (status, body, _) = self
@@ -410,4 +434,23 @@ impl Drop for Stack {
             t.abort();
         }
     }
+}
+
+/// Waits until `id` has status `want` (read over REST as an admin), a minute at most.
+pub async fn wait_status(s: &Stack, id: &str, want: &str) {
+    crate::support::eventually(
+        Duration::from_secs(60),
+        &format!("{id} to be {want}"),
+        || async { (s.status_of(id).await == want).then_some(()) },
+    )
+    .await;
+}
+
+/// An RFC 3339 time in a JSON answer.
+pub fn time_of(v: &Value) -> time::OffsetDateTime {
+    time::OffsetDateTime::parse(
+        v.as_str().unwrap_or_else(|| panic!("not a time: {v}")),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap()
 }
