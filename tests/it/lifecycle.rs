@@ -280,3 +280,56 @@ async fn access_that_ended_while_everything_was_down_is_removed_when_it_returns(
     assert_eq!(s.governance_deletes(), 1);
     stop.cancel();
 }
+
+#[tokio::test]
+async fn a_refused_revocation_is_dead_lettered_stays_revoking_and_replays() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    let (id, _) = s.applied("locked", None).await;
+    // The governance API refuses the next call (the tenant read before the removal).
+    s.governance.faults().fail_next_with(
+        1,
+        403,
+        json!({"error_type": "Forbidden", "message": "tenant is locked"}),
+    );
+    let (status, body, _) = s
+        .post(
+            &format!("/requests/{id}/revoke"),
+            Some(ADMIN_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let dead = eventually(LONG, "the revocation dead-lettered", || async {
+        let (_, body) = s.get("/admin/dead-letters", Some(ADMIN_TOKEN)).await;
+        let list = body["dead_letters"].as_array().cloned().unwrap_or_default();
+        (list.len() == 1).then(|| list[0].clone())
+    })
+    .await;
+    assert_eq!(dead["worker"], "governance-applier");
+    assert!(
+        dead["reason"].as_str().unwrap().contains("revoking"),
+        "{dead}"
+    );
+    // The access is still there, and the record says it is being removed.
+    assert_eq!(s.status_of(&id).await, "revoking");
+    assert_eq!(
+        s.governance.members_of("locked"),
+        vec![("alice".to_owned(), "read_only".to_owned())]
+    );
+    let seq = dead["seq"].as_u64().unwrap();
+    let (status, _, _) = s
+        .post(
+            &format!("/admin/dead-letters/{seq}/replay"),
+            Some(ADMIN_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    wait_status(&s, &id, "revoked").await;
+    assert!(s.governance.members_of("locked").is_empty());
+    assert_eq!(s.governance_deletes(), 1);
+}

@@ -210,7 +210,7 @@ async fn governance_outages_are_retried_and_refusals_fail_then_replay() {
     let dead = eventually(E2E, "one dead letter", || async {
         let (_, body) = s.get("/admin/dead-letters", Some(ADMIN_TOKEN)).await;
         let list = body["dead_letters"].as_array().cloned().unwrap_or_default();
-        (list.len() == 1).then_some(list[0].clone())
+        (list.len() == 1).then(|| list[0].clone())
     })
     .await;
     assert_eq!(dead["worker"], "governance-applier");
