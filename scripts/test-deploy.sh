@@ -3,11 +3,10 @@
 # (Debian's prometheus package, installed with apt-get when missing).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=scripts/lib/tools.sh
+. "$root/scripts/lib/tools.sh"
+deb_tool promtool prometheus
 cd "$root/deploy/prometheus"
-if ! command -v promtool >/dev/null 2>&1; then
-  echo "installing Debian's prometheus (for promtool; apt-get)" >&2
-  apt-get install -y -q prometheus >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q prometheus >/dev/null; }
-fi
 promtool check rules alerts.yaml
 promtool test rules alerts.test.yaml
 # Every query of the Grafana dashboard parses as PromQL (checked as recording rules).

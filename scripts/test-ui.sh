@@ -6,16 +6,11 @@ set -euo pipefail
 PLAYWRIGHT_VERSION="1.49.0"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "installing Debian's chromium (apt-get)" >&2
-  apt-get install -y -q chromium >/dev/null || { apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }
-fi
+# shellcheck source=scripts/lib/tools.sh
+. "$root/scripts/lib/tools.sh"
+deb_tool chromium chromium
 pw_dir="$root/.tools/playwright"
-if [ ! -d "$pw_dir/playwright" ]; then
-  echo "installing playwright $PLAYWRIGHT_VERSION into .tools/playwright (PyPI)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location \
-    --target "$pw_dir" "playwright==$PLAYWRIGHT_VERSION" >&2
-fi
+[ -d "$pw_dir/playwright" ] || pip_tool "$pw_dir" "playwright==$PLAYWRIGHT_VERSION"
 # shellcheck source=scripts/lib/tars-dev.sh
 . "$root/scripts/lib/tars-dev.sh"
 port=18200
