@@ -16,6 +16,9 @@
 //! Answers are classified once, here: 2xx or "already a member" is success; 5xx, 429,
 //! 408, timeouts and connection errors are transient (the message is retried later);
 //! any other 4xx is permanent and its `detail`/`message` is kept as the failure reason.
+//!
+//! Each call runs in a span of its own (`call`, peer `governance`) and sends a W3C
+//! `traceparent`, so the governance service can continue the request's trace.
 
 pub mod config;
 
@@ -24,6 +27,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tars_domain::{Permission, TenantName, Username};
 use tars_observability::metrics::Metrics;
+use tars_observability::trace;
 
 /// How long one call may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -209,7 +213,21 @@ impl GovernanceClient {
         self.api
     }
 
-    async fn call(&self, req: reqwest::RequestBuilder) -> Result<Answer, GovernanceError> {
+    /// One call, `operation` naming it in its span (`call`, peer `governance`), sent with
+    /// the span's `traceparent`.
+    async fn call(
+        &self,
+        operation: &str,
+        mut req: reqwest::RequestBuilder,
+    ) -> Result<Answer, GovernanceError> {
+        let call = trace::outgoing("governance", operation);
+        if let Some(tp) = call.traceparent() {
+            req = req.header(trace::TRACEPARENT, tp);
+        }
+        call.run(self.answer(req)).await
+    }
+
+    async fn answer(&self, req: reqwest::RequestBuilder) -> Result<Answer, GovernanceError> {
         let resp = req
             .bearer_auth(&self.token)
             .timeout(CALL_TIMEOUT)
@@ -259,7 +277,7 @@ impl GovernanceClient {
     /// mode (the ingress checks tenants with it); only grants differ by mode.
     pub async fn tenant(&self, tenant: &TenantName) -> Result<Option<TenantInfo>, GovernanceError> {
         let url = format!("{}/tenants/{tenant}", self.base);
-        match self.call(self.http.get(&url)).await? {
+        match self.call("tenant.read", self.http.get(&url)).await? {
             Answer::Ok(body) => serde_json::from_str(&body).map(Some).map_err(|e| {
                 GovernanceError::Transient(format!("unreadable tenant {tenant}: {e}"))
             }),
@@ -297,12 +315,12 @@ impl GovernanceClient {
                     "{}/tenants/{tenant}/members/{user}?permission={permission}",
                     self.base
                 );
-                self.added(self.call(self.http.post(&url)).await?)
+                self.added(self.call("tenant.member.add", self.http.post(&url)).await?)
             }
             Api::Groups => {
                 let group = permission.group_for(tenant);
                 let url = format!("{}/management/groups/{group}/members/{user}", self.base);
-                self.added(self.call(self.http.post(&url)).await?)
+                self.added(self.call("group.member.add", self.http.post(&url)).await?)
             }
         }
     }
@@ -334,7 +352,7 @@ impl GovernanceClient {
                 format!("{}/management/groups/{group}/members/{user}", self.base)
             }
         };
-        match self.call(self.http.delete(&url)).await? {
+        match self.call("member.remove", self.http.delete(&url)).await? {
             Answer::Ok(_) => Ok(Removed::Removed),
             Answer::NotFound(_) | Answer::AlreadyMember => Ok(Removed::NotMember),
         }

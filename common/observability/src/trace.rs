@@ -1,14 +1,21 @@
 //! W3C trace context (`traceparent`) carried from an HTTP request through every NATS
-//! message it causes, so the log lines of one access request share one `trace_id` across
-//! the ingress and all three workers.
+//! message it causes, so the log lines and spans of one access request share one trace id
+//! across the ingress and all three workers, and on to the Slack and governance calls.
 //!
 //! The context of the work in hand lives in a task-local ([`scope`]): the ingress sets it
 //! per HTTP request, the worker runtime per message (from the message's `traceparent`
 //! header), and the event publisher reads it ([`current`]) to stamp what it publishes.
-//! Nothing is exported to a collector yet; the ids are the W3C ones so that an OTLP
-//! exporter can adopt them later.
+//! Every JSON log line written inside a scope names its `trace_id`
+//! ([`crate::telemetry`]). A call to a third party gets a span of its own and a
+//! `traceparent` to send ([`outgoing`]).
+//!
+//! When OpenTelemetry export is on ([`crate::telemetry::init_with_service`]), the spans of
+//! the request and of each message join this same trace ([`crate::otel`]): the ids here are
+//! the W3C ones, so what the collector shows and what the logs say agree.
 
 use std::future::Future;
+
+use tracing::Instrument as _;
 
 tokio::task_local! {
     static CURRENT: TraceContext;
@@ -87,20 +94,66 @@ impl TraceContext {
         &self.trace_id
     }
 
+    /// The id of the span the next hop descends from (16 lowercase hex digits).
+    pub fn span_id(&self) -> &str {
+        &self.span_id
+    }
+
     /// The `traceparent` header value (sampled).
     pub fn header(&self) -> String {
         format!("00-{}-{}-01", self.trace_id, self.span_id)
     }
 }
 
-/// Runs `work` with `ctx` as the current trace context.
+/// Runs `work` with `ctx` as the current trace context. With OpenTelemetry export on, the
+/// span this is polled in, when it names a trace (a `trace_id` field, like the ingress's
+/// `http` span), joins `ctx`'s trace, as does a span first entered inside `work`.
 pub async fn scope<F: Future>(ctx: TraceContext, work: F) -> F::Output {
+    crate::otel::join_current(&ctx);
     CURRENT.scope(ctx, work).await
 }
 
 /// The current trace context, if the work in hand has one.
 pub fn current() -> Option<TraceContext> {
     CURRENT.try_with(Clone::clone).ok()
+}
+
+/// One call to a third party (Slack, the governance API): the span to run it in and the
+/// `traceparent` header to send with it.
+#[derive(Debug)]
+pub struct Outgoing {
+    span: tracing::Span,
+    traceparent: Option<String>,
+}
+
+impl Outgoing {
+    /// `00-<trace>-<span>-01` to send as the [`TRACEPARENT`] header: the call span's own ids
+    /// when spans are exported, else a child of the current trace context; `None` outside
+    /// any trace.
+    pub fn traceparent(&self) -> Option<&str> {
+        self.traceparent.as_deref()
+    }
+
+    /// Runs the call in its span.
+    pub async fn run<F: Future>(self, call: F) -> F::Output {
+        call.instrument(self.span).await
+    }
+}
+
+/// The span and `traceparent` of one call to `peer` (`"slack"`, `"governance"`) for
+/// `operation` (the API method): a child of the current span named `call`, with `peer`
+/// and `operation` fields (`otel.name` = "<peer> <operation>", `otel.kind` = client).
+pub fn outgoing(peer: &'static str, operation: &str) -> Outgoing {
+    let span = tracing::info_span!(
+        "call",
+        peer,
+        operation,
+        otel.name = format!("{peer} {operation}"),
+        otel.kind = "client",
+    );
+    let traceparent =
+        crate::otel::traceparent_of(&span).or_else(|| current().map(|c| c.child().header()));
+    Outgoing { span, traceparent }
 }
 
 #[cfg(test)]
@@ -143,5 +196,19 @@ mod tests {
         let ctx = TraceContext::new_root();
         let seen = scope(ctx.clone(), async { current() }).await;
         assert_eq!(seen, Some(ctx));
+    }
+
+    #[tokio::test]
+    async fn an_outgoing_call_continues_the_trace_in_scope() {
+        assert_eq!(outgoing("slack", "chat.postMessage").traceparent(), None);
+        let ctx = TraceContext::new_root();
+        let sent = scope(ctx.clone(), async {
+            outgoing("slack", "chat.postMessage").traceparent
+        })
+        .await
+        .and_then(|h| TraceContext::parse(&h));
+        let sent = sent.expect("a traceparent");
+        assert_eq!(sent.trace_id(), ctx.trace_id());
+        assert_ne!(sent.span_id(), ctx.span_id());
     }
 }

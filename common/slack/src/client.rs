@@ -11,6 +11,9 @@
 //! file for a while, so when a pause ends one call meets Slack, not every waiting task at
 //! once (no thundering herd). Waits carry a little jitter, and show in
 //! `tars_slack_rate_limited_total` and `tars_slack_wait_seconds_total`.
+//!
+//! Each HTTP call runs in a span of its own (`call`, peer `slack`, operation = the method)
+//! and sends a W3C `traceparent`, so Slack-side delays show in the request's trace.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,6 +23,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use tars_observability::metrics::Metrics;
+use tars_observability::trace;
 
 /// The Slack metadata `event_type` of TARS's request messages.
 pub const METADATA_EVENT: &str = "tars_access_request";
@@ -311,11 +315,13 @@ impl SlackClient {
     /// Posts to an interaction's `response_url` (an ephemeral answer to the clicker).
     pub async fn respond(&self, response_url: &str, text: &str) -> Result<(), SlackError> {
         let body = json!({"response_type": "ephemeral", "replace_original": false, "text": text});
-        let resp = self
-            .http
-            .post(response_url)
-            .json(&body)
-            .send()
+        let call = trace::outgoing("slack", "response_url");
+        let mut req = self.http.post(response_url).json(&body);
+        if let Some(tp) = call.traceparent() {
+            req = req.header(trace::TRACEPARENT, tp);
+        }
+        let resp = call
+            .run(req.send())
             .await
             .map_err(|e| self.transport_error(e))?;
         self.metrics.external("slack", resp.status().as_str());
@@ -484,8 +490,22 @@ impl SlackClient {
         self.answer(method, req).await
     }
 
-    /// Sends `req` with the bot token and classifies Slack's answer.
+    /// Sends `req` with the bot token (and the `traceparent` of its span) and classifies
+    /// Slack's answer.
     async fn answer(
+        &self,
+        method: &str,
+        req: reqwest::RequestBuilder,
+    ) -> Result<Answer, SlackError> {
+        let call = trace::outgoing("slack", method);
+        let req = match call.traceparent() {
+            Some(tp) => req.header(trace::TRACEPARENT, tp),
+            None => req,
+        };
+        call.run(self.classify(method, req)).await
+    }
+
+    async fn classify(
         &self,
         method: &str,
         req: reqwest::RequestBuilder,

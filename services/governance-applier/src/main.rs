@@ -5,9 +5,18 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = tars_governance_applier::Args::parse();
-    args.common.init_logging();
+    // Logs, and OTLP span export when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let telemetry = tars_observability::telemetry::init_with_service(
+        "tars-governance-applier",
+        &args.common.log_level,
+        &args.common.log_format,
+    );
     let shutdown = tars_observability::shutdown::on_signal();
-    tars_governance_applier::run(args, tars_observability::metrics::Metrics::new(), shutdown)
-        .await?;
+    let result =
+        tars_governance_applier::run(args, tars_observability::metrics::Metrics::new(), shutdown)
+            .await;
+    // After SIGTERM: the last spans go out before the process does.
+    telemetry.shutdown().await;
+    result?;
     Ok(())
 }

@@ -5,7 +5,17 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = tars_ingress::Args::parse();
-    args.common.init_logging();
+    // Logs, and OTLP span export when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+    let telemetry = tars_observability::telemetry::init_with_service(
+        "tars-ingress",
+        &args.common.log_level,
+        &args.common.log_format,
+    );
     let shutdown = tars_observability::shutdown::on_signal();
-    tars_ingress::run(args, tars_observability::metrics::Metrics::new(), shutdown).await
+    let result =
+        tars_ingress::run(args, tars_observability::metrics::Metrics::new(), shutdown).await;
+    // After SIGTERM: the last spans go out before the process does.
+    telemetry.shutdown().await;
+    result?;
+    Ok(())
 }
