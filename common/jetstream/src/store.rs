@@ -285,31 +285,51 @@ impl RequestStore {
             .inc_by(n as u64);
     }
 
+    /// The value and revision of `key` now, or `None` when it holds none (never written,
+    /// deleted or purged), read from the stream's leader. A KV read of a bucket with
+    /// `allow_direct` may be answered by any replica, also one that has not applied the
+    /// latest write yet: on a cluster, a worker then found no record for the event it was
+    /// handling and an approval the ingress had accepted was dead-lettered
+    /// (`tests/cluster`'s partition test). Listings stay direct reads; what they list is
+    /// read here.
+    async fn leader_entry(&self, key: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
+        use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        let subject = format!("{}{key}", self.kv.prefix);
+        let message = crate::retry::ride_out(
+            "KV read",
+            || async {
+                match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
+                    Ok(message) => Ok(Some(message)),
+                    Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+                    Err(e) => Err(unavailable(e)),
+                }
+            },
+            StoreError::is_transient,
+        )
+        .await?;
+        Ok(message
+            .filter(|m| {
+                // Deletes and purges are markers with a `KV-Operation` header.
+                m.headers
+                    .get("KV-Operation")
+                    .is_none_or(|op| op.as_str() == "PUT")
+            })
+            .map(|m| (m.payload, m.sequence)))
+    }
+
     async fn read<T: serde::de::DeserializeOwned>(
         &self,
         key: &str,
     ) -> Result<Option<Versioned<T>>, StoreError> {
         self.count("record", 1);
-        let entry = crate::retry::ride_out(
-            "KV read",
-            || async { self.kv.entry(key).await.map_err(unavailable) },
-            StoreError::is_transient,
-        )
-        .await?;
-        let Some(entry) = entry else {
+        let Some((payload, revision)) = self.leader_entry(key).await? else {
             return Ok(None);
         };
-        if entry.operation != kv::Operation::Put {
-            return Ok(None);
-        }
-        let value = serde_json::from_slice(&entry.value).map_err(|source| StoreError::Corrupt {
+        let value = serde_json::from_slice(&payload).map_err(|source| StoreError::Corrupt {
             key: key.to_owned(),
             source,
         })?;
-        Ok(Some(Versioned {
-            value,
-            revision: entry.revision,
-        }))
+        Ok(Some(Versioned { value, revision }))
     }
 
     /// Writes `value` if the key is still at `revision` (`None`: the key must not exist,
@@ -597,13 +617,7 @@ impl RequestStore {
     /// Whether `key` holds a value now.
     async fn holds(&self, key: &str) -> Result<bool, StoreError> {
         self.count("index_entry", 1);
-        let entry = crate::retry::ride_out(
-            "KV read",
-            || async { self.kv.entry(key).await.map_err(unavailable) },
-            StoreError::is_transient,
-        )
-        .await?;
-        Ok(entry.is_some_and(|e| e.operation == kv::Operation::Put))
+        Ok(self.leader_entry(key).await?.is_some())
     }
 
     /// The open index of `user`.
