@@ -2,6 +2,7 @@
 //! harness and stand-ins for the third-party HTTP services TARS talks to.
 
 pub mod nats_server;
+pub mod netns;
 pub mod standin;
 
 pub use nats_server::{NatsCluster, NatsServer};
