@@ -11,15 +11,10 @@ use clap::Parser;
 use tars_jetstream::config::{CommonArgs, WorkerArgs};
 use tars_observability::metrics::Metrics;
 use tars_slack::config::SlackBotArgs;
-use tars_testkit::standin::{governance::FakeGovernance, kbase::FakeKbase, slack::FakeSlack};
+use tars_testkit::standin::demo::{
+    ADMIN_TOKEN, APPROVERS, BOT_TOKEN, CHANNEL, Demo, GOV_TOKEN, SIGNING_SECRET, USER_TOKEN,
+};
 use tokio::task::JoinHandle;
-
-const USER_TOKEN: &str = "dev-user-token";
-const ADMIN_TOKEN: &str = "dev-admin-token";
-const SIGNING_SECRET: &str = "dev-signing-secret";
-const BOT_TOKEN: &str = "xoxb-dev";
-const CHANNEL: &str = "C_APPROVALS";
-const GOV_TOKEN: &str = "dev-governance-token";
 
 /// Where the local stack keeps its data and which ports it uses.
 #[derive(Debug, Parser)]
@@ -58,29 +53,23 @@ async fn main() -> anyhow::Result<()> {
     tars_observability::telemetry::init("info", "text");
     let data = std::path::absolute(&args.data)?;
     let server = tars_testkit::NatsServer::start_persistent(data.join("nats"), args.nats_port)?;
-    let kbase = FakeKbase::start_on(args.standin_port).await;
-    kbase.add_user(USER_TOKEN, "alice", &[]);
-    kbase.add_user(ADMIN_TOKEN, "bob", &["CDM_JUPYTERHUB_ADMIN"]);
-    let slack = FakeSlack::start_on(BOT_TOKEN, &[CHANNEL], args.standin_port + 1).await;
-    let governance = FakeGovernance::start_on(GOV_TOKEN, args.standin_port + 2).await;
-    governance.allow_any_tenant(true);
     let ingress_url = format!("http://127.0.0.1:{}", args.port);
-    slack.set_interaction_target(&ingress_url, SIGNING_SECRET);
-    // The page lets its visitor click as an approver or as somebody who is not one;
-    // alice's KBase e-mail is a Slack user, so she gets her DMs in the page's DM pane.
-    slack.set_approvers(&[
-        ("U_ADMIN", "bob (approver, U_ADMIN)"),
-        ("U_CAROL", "carol (approver, U_CAROL)"),
-        ("U_GUEST", "guest (not an approver)"),
-    ]);
-    slack.add_user("alice@example.org", "U_ALICE");
+    let Demo {
+        kbase,
+        slack,
+        governance,
+    } = Demo::start(
+        tars_testkit::standin::loopback(args.standin_port),
+        &ingress_url,
+    )
+    .await;
 
     let shutdown = tars_observability::shutdown::on_signal();
     let url = server.url();
     let ingress = tars_ingress::Args {
         listen_addr: ([127, 0, 0, 1], args.port).into(),
         slack_signing_secret: Some(SIGNING_SECRET.into()),
-        slack_approvers: "U_ADMIN:bob,U_CAROL:carol".into(),
+        slack_approvers: APPROVERS.into(),
         slack_bot: SlackBotArgs::new(BOT_TOKEN, &slack.url()),
         governance: tars_governance_applier::GovernanceArgs::new(&governance.url(), GOV_TOKEN),
         ..tars_ingress::Args::local(CommonArgs::for_url(&url), &kbase.url(), &slack.url())

@@ -27,6 +27,8 @@ pub struct GovCall {
     pub status: u16,
     /// When it arrived (for latency measurements).
     pub at: std::time::Instant,
+    /// The W3C `traceparent` header it carried, if any.
+    pub traceparent: Option<String>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -44,6 +46,8 @@ struct Inner {
     tenants: Mutex<HashMap<String, Tenant>>,
     calls: Mutex<Vec<GovCall>>,
     faults: Faults,
+    /// Bumped after every recorded call.
+    changes: super::Changes,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,13 +91,24 @@ impl Inner {
         None
     }
 
-    fn record(&self, method: &Method, path: String, resp: &Response, at: std::time::Instant) {
+    fn record(
+        &self,
+        (method, headers): (&Method, &HeaderMap),
+        path: String,
+        resp: &Response,
+        at: std::time::Instant,
+    ) {
         lock(&self.calls).push(GovCall {
             method: method.to_string(),
             path,
             status: resp.status().as_u16(),
             at,
+            traceparent: headers
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
         });
+        self.changes.bump();
     }
 
     /// The tenant `name`, made on the spot when any tenant is allowed.
@@ -141,7 +156,12 @@ async fn get_tenant(
             ),
         },
     };
-    s.record(&Method::GET, format!("/tenants/{tenant}"), &resp, at);
+    s.record(
+        (&Method::GET, &headers),
+        format!("/tenants/{tenant}"),
+        &resp,
+        at,
+    );
     resp
 }
 
@@ -196,7 +216,7 @@ async fn tenant_member(
         }
     };
     s.record(
-        &method,
+        (&method, &headers),
         format!("/tenants/{tenant}/members/{user}"),
         &resp,
         at,
@@ -268,7 +288,7 @@ async fn group_member(
         },
     };
     s.record(
-        &method,
+        (&method, &headers),
         format!("/management/groups/{group}/members/{user}"),
         &resp,
         at,
@@ -282,8 +302,13 @@ impl FakeGovernance {
         Self::start_on(token, 0).await
     }
 
-    /// Starts on `port` (0: any).
+    /// Starts on loopback `port` (0: any).
     pub async fn start_on(token: &str, port: u16) -> Self {
+        Self::start_at(token, super::loopback(port)).await
+    }
+
+    /// Starts at `addr` (port 0: any).
+    pub async fn start_at(token: &str, addr: std::net::SocketAddr) -> Self {
         let inner = Arc::new(Inner {
             token: token.to_owned(),
             ..Default::default()
@@ -299,7 +324,7 @@ impl FakeGovernance {
                 post(group_member).delete(group_member),
             )
             .with_state(inner.clone());
-        let served = super::serve(router, port)
+        let served = super::serve(router, addr)
             .await
             .unwrap_or_else(|e| panic!("governance stand-in: {e}"));
         Self { inner, served }
@@ -308,6 +333,11 @@ impl FakeGovernance {
     /// Base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.served.addr)
+    }
+
+    /// Changes after every recorded call: wait on it instead of polling.
+    pub fn changes(&self) -> &super::Changes {
+        &self.inner.changes
     }
 
     /// Creates a tenant (and so its two groups, `name` and `name` + `ro`).

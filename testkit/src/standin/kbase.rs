@@ -80,13 +80,18 @@ impl FakeKbase {
         Self::start_on(0).await
     }
 
-    /// Starts on `port` (0: any).
+    /// Starts on loopback `port` (0: any).
     pub async fn start_on(port: u16) -> Self {
+        Self::start_at(super::loopback(port)).await
+    }
+
+    /// Starts at `addr` (port 0: any).
+    pub async fn start_at(addr: std::net::SocketAddr) -> Self {
         let inner = Arc::new(Inner::default());
         let router = axum::Router::new()
             .route("/api/V2/me", get(me))
             .with_state(inner.clone());
-        let served = super::serve(router, port)
+        let served = super::serve(router, addr)
             .await
             .unwrap_or_else(|e| panic!("KBase stand-in: {e}"));
         Self { inner, served }

@@ -56,6 +56,8 @@ struct Inner {
     replies: Mutex<Vec<(String, String, String)>>,
     /// Whom the page's visitor may click as: (Slack user id, label).
     approvers: Mutex<Vec<(String, String)>>,
+    /// Bumped after every Web API call is answered.
+    changes: super::Changes,
 }
 
 /// A token bucket per channel, as Slack limits posting: `per_second` tokens a second, up
@@ -360,8 +362,13 @@ impl FakeSlack {
         Self::start_on(bot_token, channels, 0).await
     }
 
-    /// Starts on `port` (0: any).
+    /// Starts on loopback `port` (0: any).
     pub async fn start_on(bot_token: &str, channels: &[&str], port: u16) -> Self {
+        Self::start_at(bot_token, channels, super::loopback(port)).await
+    }
+
+    /// Starts at `addr` (port 0: any).
+    pub async fn start_at(bot_token: &str, channels: &[&str], addr: std::net::SocketAddr) -> Self {
         let inner = Arc::new(Inner {
             token: bot_token.to_owned(),
             channels: channels.iter().map(|c| (*c).to_owned()).collect(),
@@ -372,7 +379,9 @@ impl FakeSlack {
                 move |State(s): State<Arc<Inner>>,
                       headers: HeaderMap,
                       axum::Json(body): axum::Json<Value>| async move {
-                    api(&s, name, &headers, body).await
+                    let answer = api(&s, name, &headers, body).await;
+                    s.changes.bump();
+                    answer
                 },
             )
         };
@@ -413,7 +422,7 @@ impl FakeSlack {
             .route("/feed.json", get(feed))
             .route("/click", post(click))
             .with_state(inner.clone());
-        let served = super::serve(router, port)
+        let served = super::serve(router, addr)
             .await
             .unwrap_or_else(|e| panic!("Slack stand-in: {e}"));
         Self { inner, served }
@@ -422,6 +431,11 @@ impl FakeSlack {
     /// Web API base URL (`…/api`).
     pub fn url(&self) -> String {
         format!("http://{}/api", self.served.addr)
+    }
+
+    /// Changes after every Web API call is answered: wait on it instead of polling.
+    pub fn changes(&self) -> &super::Changes {
+        &self.inner.changes
     }
 
     /// The channel page for people.
