@@ -10,13 +10,13 @@ export NATS_SERVER_BIN
 run:
 	cargo run -p tars-dev --bin tars-dev
 
-## test: every test, against a real nats-server started by the tests, then the tars-dev page in headless Chromium and the alert rules
+## test: the deployment files (first: it installs the Prometheus the tests start), every test against real nats-servers, the tars-dev page in headless Chromium
 test:
+	./scripts/test-deploy.sh
 	cargo test --workspace --all-targets
 	./scripts/test-ui.sh
-	./scripts/test-deploy.sh
 
-## test-deploy: the Prometheus alert rules and their promtool unit tests
+## test-deploy: scrape config, alert rules and their unit tests, dashboard queries, compose schema, Kubernetes manifests
 test-deploy:
 	./scripts/test-deploy.sh
 

@@ -23,7 +23,7 @@ pub struct CommonArgs {
     #[arg(long, env = "NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
     /// NATS credentials file, the Kubernetes-secret spelling of NATS_CREDS.
-    #[arg(long, env = "NATS_CREDS_FILE", hide = true)]
+    #[arg(long, env = "NATS_CREDS_FILE")]
     pub nats_creds_file: Option<PathBuf>,
     /// Replicas of streams and the KV bucket: 1 for one server, 3 on a cluster.
     #[arg(long, env = "TARS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]

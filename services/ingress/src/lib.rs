@@ -101,7 +101,7 @@ pub struct Args {
     /// The day (`YYYY-MM-DD`) an operator last checked that everyone in SLACK_APPROVERS
     /// still holds an admin role in KBase. KBase has no stable API to read another user's
     /// roles, so TARS cannot re-check them itself; when set, Slack clicks in allowlist mode
-    /// are refused once SLACK_APPROVERS_MAX_AGE has passed since that day.
+    /// are refused once SLACK_APPROVERS_MAX_AGE has passed since that day. Empty is unset.
     #[arg(long, env = "SLACK_APPROVERS_REVIEWED")]
     pub slack_approvers_reviewed: Option<String>,
     /// How long an approver review stays valid.
@@ -299,7 +299,12 @@ impl Application {
             };
             ApprovalMode::Allowlist(approvers)
         };
-        let review_due = match args.slack_approvers_reviewed.as_deref().map(review_due) {
+        let review_due = match args
+            .slack_approvers_reviewed
+            .as_deref()
+            .filter(|day| !day.trim().is_empty())
+            .map(review_due)
+        {
             None => {
                 if matches!(&mode, ApprovalMode::Allowlist(a) if !a.is_empty()) {
                     tracing::warn!(
