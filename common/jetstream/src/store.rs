@@ -298,7 +298,12 @@ impl RequestStore {
         let message = crate::retry::ride_out(
             "KV read",
             || async {
-                match self.kv.stream.get_last_raw_message_by_subject(&subject).await {
+                match self
+                    .kv
+                    .stream
+                    .get_last_raw_message_by_subject(&subject)
+                    .await
+                {
                     Ok(message) => Ok(Some(message)),
                     Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
                     Err(e) => Err(unavailable(e)),
