@@ -3,8 +3,8 @@
 #   docker run tars tars-ingress | tars-notifier | tars-decision | tars-governance-applier
 #   (and tars-standins, the demo stand-ins for Slack, KBase and governance)
 # No HEALTHCHECK: probes belong to the orchestrator (/livez, /readyz; see deploy/).
-# Expected size: about 45 MB (distroless cc ~ 23 MB + five stripped binaries, which
-# `scripts/build-binaries.sh` prints). The dev machines have no Docker engine: CI builds
+# Expected size: about 80 MB (distroless cc, ~23 MB, + five stripped binaries, 55.6 MB as
+# `scripts/build-binaries.sh` printed in CI). The dev machines have no Docker engine: CI builds
 # the same binaries with the same script, profile and features instead of this image.
 
 ARG RUST_VERSION=1.95.0

@@ -10,9 +10,10 @@ export NATS_SERVER_BIN
 run:
 	cargo run -p tars-dev --bin tars-dev
 
-## test: the deployment files (first: it installs the Prometheus the tests start), every test against real nats-servers, the tars-dev page in headless Chromium
+## test: the deployment files (first: it installs the Prometheus the tests start), the binaries (tests/it/deploy.rs runs them), every test against real nats-servers, the tars-dev page in headless Chromium
 test:
 	./scripts/test-deploy.sh
+	cargo build --workspace --bins
 	cargo test --workspace --all-targets
 	./scripts/test-ui.sh
 

@@ -79,15 +79,7 @@ impl Pipeline {
             stop.clone(),
         );
         let decision = tars_decision::run(
-            tars_decision::Args {
-                common: replicated(),
-                worker: worker_args(),
-                request_ttl: Duration::from_secs(7 * 86_400),
-                sweep_interval: Duration::from_secs(30),
-                request_retention: Duration::from_secs(400 * 86_400),
-                reminder_interval: Duration::from_secs(86_400),
-                access_expiry_warning: Duration::from_secs(86_400),
-            },
+            tars_decision::Args::new(replicated(), worker_args()),
             Metrics::new(),
             stop.clone(),
         );

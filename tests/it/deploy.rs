@@ -360,13 +360,8 @@ async fn a_real_prometheus_with_the_shipped_config_scrapes_every_metric_the_dash
     };
     tokio::spawn(tars_notifier::run(notifier, Metrics::new(), stop.clone()));
     let decision = tars_decision::Args {
-        common: common(&url),
-        worker: worker(ports[1].1),
-        request_ttl: Duration::from_secs(86_400),
         sweep_interval: Duration::from_millis(200),
-        request_retention: Duration::from_secs(400 * 86_400),
-        reminder_interval: Duration::from_secs(86_400),
-        access_expiry_warning: Duration::from_secs(86_400),
+        ..tars_decision::Args::new(common(&url), worker(ports[1].1))
     };
     tokio::spawn(tars_decision::run(decision, Metrics::new(), stop.clone()));
     let applier = tars_governance_applier::Args {

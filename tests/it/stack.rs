@@ -221,13 +221,9 @@ impl Stack {
 
     pub fn start_decision(&mut self, ttl: Duration) {
         let args = tars_decision::Args {
-            common: common(&self.nats.server.url()),
-            worker: worker_args(),
             request_ttl: ttl,
             sweep_interval: Duration::from_millis(200),
-            request_retention: Duration::from_secs(400 * 86_400),
-            reminder_interval: Duration::from_secs(86_400),
-            access_expiry_warning: Duration::from_secs(86_400),
+            ..tars_decision::Args::new(common(&self.nats.server.url()), worker_args())
         };
         let s = self.shutdown.clone();
         self.tasks.push(tokio::spawn(async move {

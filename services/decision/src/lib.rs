@@ -53,6 +53,23 @@ pub struct Args {
     pub access_expiry_warning: Duration,
 }
 
+impl Args {
+    /// The defaults `--help` shows, around the given connection and runtime settings: for
+    /// `tars-dev`, the benchmarks and the tests, which then change only what they need.
+    pub fn new(common: CommonArgs, worker: WorkerArgs) -> Self {
+        const DAY: u64 = 86_400;
+        Self {
+            common,
+            worker,
+            request_ttl: Duration::from_secs(7 * DAY),
+            sweep_interval: Duration::from_secs(30),
+            request_retention: Duration::from_secs(400 * DAY),
+            reminder_interval: Duration::from_secs(DAY),
+            access_expiry_warning: Duration::from_secs(DAY),
+        }
+    }
+}
+
 /// Runs the decision worker and its expiry sweep until `shutdown` fires.
 pub async fn run(
     args: Args,
@@ -76,4 +93,31 @@ pub async fn run(
     let result = service::run_worker(DECISION, conn, worker, &args.worker, shutdown).await;
     let _ = sweep.await;
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_has_the_defaults_the_command_line_has() {
+        let parsed = Args::try_parse_from(["tars-decision"]).unwrap();
+        let built = Args::new(parsed.common.clone(), parsed.worker.clone());
+        assert_eq!(
+            (
+                built.request_ttl,
+                built.sweep_interval,
+                built.request_retention,
+                built.reminder_interval,
+                built.access_expiry_warning
+            ),
+            (
+                parsed.request_ttl,
+                parsed.sweep_interval,
+                parsed.request_retention,
+                parsed.reminder_interval,
+                parsed.access_expiry_warning
+            )
+        );
+    }
 }

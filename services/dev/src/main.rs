@@ -83,13 +83,9 @@ async fn main() -> anyhow::Result<()> {
         slack_timeout: std::time::Duration::from_secs(10),
     };
     let decision = tars_decision::Args {
-        common: CommonArgs::for_url(&url),
-        worker: worker_args(9092),
-        request_ttl: Duration::from_secs(7 * 86_400),
         sweep_interval: args.sweep_interval,
-        request_retention: Duration::from_secs(400 * 86_400),
         reminder_interval: args.reminder_interval,
-        access_expiry_warning: Duration::from_secs(86_400),
+        ..tars_decision::Args::new(CommonArgs::for_url(&url), worker_args(9092))
     };
     let applier = tars_governance_applier::Args {
         common: CommonArgs::for_url(&url),

@@ -254,13 +254,8 @@ async fn stack(workers: bool, fsync: bool) -> Stack {
         ));
         tokio::spawn(tars_decision::run(
             tars_decision::Args {
-                common: common(&url),
-                worker: worker.clone(),
                 request_ttl: Duration::from_secs(86_400),
-                sweep_interval: Duration::from_secs(30),
-                request_retention: Duration::from_secs(400 * 86_400),
-                reminder_interval: Duration::from_secs(86_400),
-                access_expiry_warning: Duration::from_secs(86_400),
+                ..tars_decision::Args::new(common(&url), worker.clone())
             },
             Metrics::new(),
             stop.clone(),
