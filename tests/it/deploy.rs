@@ -4,7 +4,7 @@
 //! cannot leave an alert or a panel silently empty. (`make test-deploy` checks that the
 //! queries parse and runs the alerts' unit tests.)
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 fn root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -147,7 +147,19 @@ fn missing(bin: &str, env: &BTreeSet<String>) -> BTreeSet<String> {
 
 /// Every variable `bin` requires: found by asking it again with what it asked for, until
 /// it asks for nothing new (`GOVERNANCE_TOKEN` is required only once a URL is set).
+/// Found once per binary and shared by the compose and the Kubernetes test (a binary
+/// that gets past its check costs 3 s a look).
 fn required(bin: &str) -> BTreeSet<String> {
+    static FOUND: std::sync::Mutex<BTreeMap<String, BTreeSet<String>>> =
+        std::sync::Mutex::new(BTreeMap::new());
+    let mut cache = FOUND.lock().unwrap_or_else(|p| p.into_inner());
+    cache
+        .entry(bin.to_owned())
+        .or_insert_with(|| search_required(bin))
+        .clone()
+}
+
+fn search_required(bin: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     for _ in 0..5 {
         let more = missing(bin, &found);
