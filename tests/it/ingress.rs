@@ -235,7 +235,7 @@ async fn rate_and_open_limits_answer_429_with_retry_after() {
         ..Options::default()
     })
     .await;
-    s.submit("t1", "read_only").await;
+    let t1 = s.submit("t1", "read_only").await;
     s.submit("t2", "read_only").await;
     let (status, body, _) = s
         .post("/requests", Some(USER_TOKEN), json!({"tenant_name": "t3"}))
@@ -244,6 +244,37 @@ async fn rate_and_open_limits_answer_429_with_retry_after() {
         (status, body["error_type"].as_str().unwrap()),
         (429, "too_many_open_requests")
     );
+    // A decided request no longer counts, though its open-index entry is dropped only
+    // now, by the submission that would otherwise be refused.
+    let (status, body, _) = s
+        .post(
+            &format!("/requests/{t1}/cancel"),
+            Some(USER_TOKEN),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body, _) = s
+        .post("/requests", Some(USER_TOKEN), json!({"tenant_name": "t3"}))
+        .await;
+    assert_eq!(status, 202, "{body}");
+    // The decided request's slot names no open request any more.
+    let (status, body, _) = s
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"requester": "alice", "tenant_name": "t2", "permission": "read_only"}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let (status, body, _) = s
+        .post(
+            "/approvals/approve",
+            Some(ADMIN_TOKEN),
+            json!({"requester": "alice", "tenant_name": "t1", "permission": "read_only"}),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@
 //! its own `Nats-Msg-Id`, so a revision seen twice publishes once.
 //!
 //! It also finishes what a request that left `pending` may have left behind (the writer
-//! does this at once; a crash between its writes is repaired here): the requester's
-//! open-index entry and the `s.pending` index key.
+//! does this at once; a crash between its writes is repaired here): the `s.pending`
+//! index key.
 //!
 //! Every TARS process runs one relay on the same durable consumer; they share the work.
 

@@ -8,7 +8,10 @@
 //! Keys (see [`keys`]): `<request_id>` holds a [`RequestRecord`]; `open.<user>` holds that
 //! user's open (pending) requests, `{"<tenant>/<permission>": "<request_id>"}`, which makes
 //! "one open request per (requester, tenant, permission)" and the per-user cap one
-//! compare-and-set. Four kinds of empty index keys name records: `u.<user>.<id>` (by
+//! compare-and-set. An entry is not removed when its request is decided (that would be
+//! a read and a write more per decision): the user's next submission drops the entries
+//! it finds settled, see [`RequestStore::prune_open`], so the index never holds more
+//! than the cap and a settled entry never blocks anybody. Four kinds of empty index keys name records: `u.<user>.<id>` (by
 //! requester), `s.<status>.<id>` (by status), `f.<yyyymmdd>.<id>` (finished that day, for
 //! retention) and `x.<yyyymmdd>.<id>` (time-bound access ending that day). They are written *before* the change they describe and removed after it,
 //! so a crash can leave a key naming a change that never happened, never a change that
@@ -417,6 +420,41 @@ impl RequestStore {
             .is_some())
     }
 
+    /// Opens a new request: the requester's open index, still at `revision` (`None`: it
+    /// must not exist yet), becomes `open`, which names the new record, while the record's
+    /// index keys are written beside it; then the record itself (create-only). The index
+    /// keys do not wait for the compare-and-set because a key naming a record that was
+    /// never written is harmless (readers skip it, and drop it after the grace): a lost
+    /// race costs two such keys, a won one a round trip less. `Ok(None)`: the open index
+    /// changed meanwhile, re-read and decide again; `Ok(Some(false))`: a record with that
+    /// id exists already.
+    pub async fn open(
+        &self,
+        open: &OpenIndex,
+        revision: Option<u64>,
+        record: &RequestRecord,
+    ) -> Result<Option<bool>, StoreError> {
+        let keys = keys_before(None, record, record.created_at.date());
+        let (won, written) = futures::future::join(
+            self.write_if(&keys::open(&record.requester), open, revision),
+            self.put_keys(&keys),
+        )
+        .await;
+        if won?.is_none() {
+            return Ok(None);
+        }
+        written?;
+        fail::fail_point!("submit.after_index");
+        fail::fail_point!("store.after_index_keys", |_| Err(StoreError::Unavailable(
+            "fail point store.after_index_keys".into()
+        )));
+        Ok(Some(
+            self.write_if(&keys::record(&record.request_id), record, None)
+                .await?
+                .is_some(),
+        ))
+    }
+
     /// The current record, if any.
     pub async fn get(
         &self,
@@ -430,9 +468,10 @@ impl RequestStore {
     /// it is given, because it may run several times.
     ///
     /// A change of status writes the new status's index keys first, then the record, then
-    /// removes the old status's key and (leaving `pending`) the requester's open-index
-    /// entry. Those two follow-ups are repairs if they fail: the relay makes them again for
-    /// every revision that left `pending`, and readers drop keys that can never be right.
+    /// removes the old status's key. That follow-up is a repair if it fails: the relay
+    /// makes it again for every revision that left `pending`, and readers drop keys that
+    /// can never be right. The requester's open-index entry is left for their next
+    /// submission to drop ([`RequestStore::prune_open`]).
     pub async fn modify<R>(
         &self,
         id: &RequestId,
@@ -472,11 +511,6 @@ impl RequestStore {
             if moved {
                 if let Err(e) = self.purge(&keys::status(current.value.status, id)).await {
                     tracing::warn!(error = %e, request_id = %id, "left a stale status key");
-                }
-                if current.value.status == RequestStatus::Pending
-                    && let Err(e) = self.close_open(&next).await
-                {
-                    tracing::warn!(error = %e, request_id = %id, "left a stale open-index entry");
                 }
                 if let Err(e) = self.forget_access(&next).await {
                     tracing::warn!(error = %e, request_id = %id, "left a stale access key");
@@ -528,14 +562,13 @@ impl RequestStore {
         }))
     }
 
-    /// Finishes what a request that left `pending` may have left behind: its requester's
-    /// open-index entry and its `s.pending` key. The relay calls it for every such
-    /// revision; the expiry sweep for a pending key whose request was decided.
+    /// Finishes what a request that left `pending` may have left behind: its `s.pending`
+    /// key. The relay calls it for every such revision; the expiry sweep for a pending
+    /// key whose request was decided.
     pub async fn forget_if_settled(&self, record: &RequestRecord) -> Result<(), StoreError> {
         if record.status == RequestStatus::Pending {
             return Ok(());
         }
-        self.close_open(record).await?;
         // Usually the writer removed it already: a read is cheaper than a second purge.
         let key = keys::status(RequestStatus::Pending, &record.request_id);
         if self.holds(&key).await? {
@@ -647,28 +680,30 @@ impl RequestStore {
             .is_some())
     }
 
-    /// Removes a request that left `pending` from its requester's open index.
-    pub async fn close_open(&self, record: &RequestRecord) -> Result<(), StoreError> {
-        fail::fail_point!("store.close_open", |_| Err(StoreError::Unavailable(
-            "fail point store.close_open".into()
-        )));
-        let slot = open_slot(&record.tenant_name, record.permission);
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let Some(mut idx) = self.open_index(&record.requester).await? else {
-                return Ok(());
+    /// Drops from `open` (a user's open index, about to be written back) every entry
+    /// whose request is no longer pending, and every entry naming a record its crashed
+    /// submission never wrote once the grace for writing it has passed; `true` if it
+    /// dropped any. Decisions leave their entry behind, so this runs when a submission
+    /// would otherwise be refused for the cap: at most the cap's records are read, once
+    /// per submission that reaches it.
+    pub async fn prune_open(&self, open: &mut OpenIndex) -> Result<bool, StoreError> {
+        let before = open.len();
+        let mut settled = Vec::new();
+        for (slot, id) in open.iter() {
+            let gone = match self.get(id).await? {
+                Some(r) => r.value.status != RequestStatus::Pending,
+                None => id
+                    .created_at()
+                    .is_some_and(|t| tars_domain::now() - t > RECORD_GRACE),
             };
-            if idx.value.get(&slot) != Some(&record.request_id) {
-                return Ok(());
-            }
-            idx.value.remove(&slot);
-            if self
-                .write_open_index(&record.requester, &idx.value, Some(idx.revision))
-                .await?
-            {
-                return Ok(());
+            if gone {
+                settled.push(slot.clone());
             }
         }
-        Err(StoreError::Contention(keys::open(&record.requester)))
+        for slot in settled {
+            open.remove(&slot);
+        }
+        Ok(open.len() < before)
     }
 
     /// The keys under `prefix` (a removed key is not listed), with a flag saying the
@@ -736,7 +771,7 @@ impl RequestStore {
     }
 
     /// Repairs the `s.pending` key of `id` when its record says otherwise: removes it if
-    /// the request left `pending` (with its open-index entry) or was never written.
+    /// the request left `pending` or was never written.
     pub async fn repair_pending(&self, id: &RequestId) -> Result<(), StoreError> {
         match self.get(id).await? {
             Some(v) => self.forget_if_settled(&v.value).await,

@@ -116,9 +116,14 @@ pub async fn policy_allows(
     }))
 }
 
-async fn resolve(st: &AppState, body: &DecisionBody) -> Result<RequestId, ApiError> {
+/// The request a decision names: by id, or the open request of a requester for a
+/// tenant and permission (with `true`: the caller must check it is still pending, since
+/// a decided request's open-index entry stays until its requester submits again).
+async fn resolve(st: &AppState, body: &DecisionBody) -> Result<(RequestId, bool), ApiError> {
     if let Some(id) = body.request_id.as_deref() {
-        return RequestId::parse(id).map_err(|_| ApiError::not_found(format!("request {id}")));
+        return RequestId::parse(id)
+            .map(|id| (id, false))
+            .map_err(|_| ApiError::not_found(format!("request {id}")));
     }
     let (Some(requester), Some(tenant)) = (body.requester.as_deref(), body.tenant_name.as_deref())
     else {
@@ -136,11 +141,14 @@ async fn resolve(st: &AppState, body: &DecisionBody) -> Result<RequestId, ApiErr
     };
     let idx = st.store.open_index(&requester).await?;
     idx.and_then(|i| i.value.get(&open_slot(&tenant, permission)).cloned())
-        .ok_or_else(|| {
-            ApiError::not_found(format!(
-                "open {permission} request of {requester} for {tenant}"
-            ))
-        })
+        .map(|id| (id, true))
+        .ok_or_else(|| open_not_found(&requester, &tenant, permission))
+}
+
+fn open_not_found(requester: &Username, tenant: &TenantName, permission: Permission) -> ApiError {
+    ApiError::not_found(format!(
+        "open {permission} request of {requester} for {tenant}"
+    ))
 }
 
 async fn decide(
@@ -153,7 +161,20 @@ async fn decide(
     // so these routes tell nobody which requests exist but those who may decide them.
     let not_approver = || ApiError::forbidden("you are not an approver of this request");
     let found = match resolve(&st, &body).await {
-        Ok(id) => st.store.get(&id).await?.map(|v| v.value).ok_or(id),
+        Ok((id, by_slot)) => match st.store.get(&id).await?.map(|v| v.value) {
+            // A decided request's entry left behind names no open request.
+            Some(rec) if by_slot && rec.status != tars_domain::RequestStatus::Pending => {
+                if !caller.is_admin {
+                    return Err(not_approver());
+                }
+                return Err(open_not_found(
+                    &rec.requester,
+                    &rec.tenant_name,
+                    rec.permission,
+                ));
+            }
+            found => found.ok_or(id),
+        },
         Err(e) if e.status == StatusCode::NOT_FOUND && !caller.is_admin => {
             return Err(not_approver());
         }

@@ -176,8 +176,8 @@ pub async fn submit(
                     return Ok((StatusCode::OK, Json(answer(&rec.value, msg))).into_response());
                 }
                 Some(_) => {
-                    // Stale entry: that request already left pending (the writer's
-                    // removal failed; the relay would remove it too).
+                    // That request left pending; its entry stays until a submission
+                    // of the same user drops it, as here.
                     open.remove(&slot);
                     st.store
                         .write_open_index(&requester, &open, revision)
@@ -191,7 +191,8 @@ pub async fn submit(
                 }
             }
         }
-        if open.len() >= st.max_open {
+        // Decided requests leave their entries behind: drop those before refusing.
+        if open.len() >= st.max_open && !st.store.prune_open(&mut open).await? {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too_many_open_requests",
@@ -212,13 +213,9 @@ pub async fn submit(
         }
         let id = RequestId::new();
         open.insert(slot.clone(), id.clone());
-        if st
-            .store
-            .write_open_index(&requester, &open, revision)
-            .await?
-        {
-            fail::fail_point!("submit.after_index");
-            return create(&st, new_request(id)).await;
+        let record = outbox_record(new_request(id));
+        if let Some(created) = st.store.open(&open, revision, &record).await? {
+            return created_answer(&st, record, created).await;
         }
     }
     Err(ApiError::unavailable(
@@ -230,11 +227,28 @@ pub async fn submit(
 /// `request.submitted` in its outbox: the relay publishes it) and answers 202; a record
 /// created first by a concurrent retry makes this one a repeat.
 async fn create(st: &AppState, step: machine::Step) -> Result<Response, ApiError> {
+    let record = outbox_record(step);
+    let created = st.store.create(&record).await?;
+    created_answer(st, record, created).await
+}
+
+/// The record of a new request with `request.submitted` (and any policy decision) in its
+/// outbox, for the relay to publish.
+fn outbox_record(step: machine::Step) -> RequestRecord {
     super::name_request(&step.record.request_id);
     let at = step.record.created_at;
     let trace = tars_observability::trace::current().map(|t| t.child().header());
-    let (record, _) = step.into_outbox(0, at, trace);
-    if !st.store.create(&record).await? {
+    step.into_outbox(0, at, trace).0
+}
+
+/// 202 for a request this call created; a record created first by a concurrent retry
+/// (`created` false) makes this one a repeat.
+async fn created_answer(
+    st: &AppState,
+    record: RequestRecord,
+    created: bool,
+) -> Result<Response, ApiError> {
+    if !created {
         let rec = st
             .store
             .get(&record.request_id)
