@@ -150,7 +150,7 @@ async fn a_submission_that_dies_after_its_index_keys_shows_no_phantom_and_the_re
     let id = answer["request_id"].as_str().unwrap();
     assert_eq!(
         live_keys(&s, "s.pending.").await,
-        vec![format!("s.pending.{id}")]
+        vec![format!("s.pending.alice.{id}")]
     );
     let m = message_about(&s, "phantom", "\"approve\"").await;
     assert_eq!(id_in(&m), id);
@@ -270,7 +270,7 @@ async fn a_cancel_that_dies_after_its_index_keys_changes_nothing_until_retried()
     assert_eq!(status, 200, "{body}");
     // The status keys moved with the record, and the open slot is free again.
     eventually(LONG, "the pending key gone", || async {
-        (live_keys(&s, "s.").await == vec![format!("s.cancelled.{id}")]).then_some(())
+        (live_keys(&s, "s.").await == vec![format!("s.cancelled.alice.{id}")]).then_some(())
     })
     .await;
     let again = s.submit("leaky", "read_only").await;

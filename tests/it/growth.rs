@@ -65,14 +65,53 @@ async fn finished_requests_are_removed_after_the_retention_and_their_events_stay
     let s = Stack::start(Options::default()).await;
     let kept = s.submit("kept", "read_only").await;
     let done = s.submit("done", "read_only").await;
-    let (status, body, _) = s
-        .post(
-            &format!("/requests/{done}/cancel"),
-            Some(USER_TOKEN),
-            serde_json::json!({}),
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
+    let legacy = s.submit("legacy", "read_only").await;
+    for id in [&done, &legacy] {
+        let (status, body, _) = s
+            .post(
+                &format!("/requests/{id}/cancel"),
+                Some(USER_TOKEN),
+                serde_json::json!({}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // `legacy` gets the index keys of the layout before status keys named the requester
+    // (`u.<user>.<id>`, `s.<status>.<id>`), as a bucket written by an older TARS holds.
+    let kv = &s.nats.topology.requests;
+    kv.purge(format!("s.cancelled.alice.{legacy}"))
+        .await
+        .unwrap();
+    kv.put(format!("u.alice.{legacy}"), Default::default())
+        .await
+        .unwrap();
+    kv.put(format!("s.cancelled.{legacy}"), Default::default())
+        .await
+        .unwrap();
+    let listed = |path: &'static str, token: &'static str| {
+        let s = &s;
+        async move {
+            let (status, list) = s.get(path, Some(token)).await;
+            assert_eq!(status, 200, "{list}");
+            let mut ids: Vec<String> = list["requests"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["request_id"].as_str().unwrap().to_owned())
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let mut all = vec![kept.clone(), done.clone(), legacy.clone()];
+    all.sort();
+    assert_eq!(listed("/requests", USER_TOKEN).await, all);
+    let mut cancelled = vec![done.clone(), legacy.clone()];
+    cancelled.sort();
+    assert_eq!(
+        listed("/requests?status=cancelled", crate::stack::ADMIN_TOKEN).await,
+        cancelled
+    );
     let (sweeper, metrics) = s.sweeper().await;
     let retention = Duration::from_secs(400 * 86_400);
     let day = Duration::from_secs(86_400);
@@ -97,7 +136,7 @@ async fn finished_requests_are_removed_after_the_retention_and_their_events_stay
             .retire(now + retention + day, retention)
             .await
             .unwrap(),
-        1
+        2
     );
     let (status, _) = s.get(&format!("/requests/{done}"), Some(USER_TOKEN)).await;
     assert_eq!(status, 404);
@@ -109,8 +148,11 @@ async fn finished_requests_are_removed_after_the_retention_and_their_events_stay
         .map(|r| r["request_id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, [kept.as_str()]);
-    let kv = &s.nats.topology.requests;
-    for key in [format!("u.alice.{done}"), format!("s.cancelled.{done}")] {
+    for key in [
+        format!("s.cancelled.alice.{done}"),
+        format!("u.alice.{legacy}"),
+        format!("s.cancelled.{legacy}"),
+    ] {
         assert!(kv.get(&key).await.unwrap().is_none(), "{key} left behind");
     }
     // A second sweep finds nothing more to do.

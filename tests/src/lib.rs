@@ -76,8 +76,7 @@ pub async fn seed_finished_by(
         let record = serde_json::to_vec(&denied).expect("a record serializes");
         [
             (keys::record(&id), record),
-            (keys::requester(&user, &id), Vec::new()),
-            (keys::status(RequestStatus::Denied, &id), Vec::new()),
+            (keys::status(RequestStatus::Denied, &user, &id), Vec::new()),
         ]
     });
     // Atomic batches of the server's largest size, several in flight: one disk sync per

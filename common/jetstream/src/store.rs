@@ -11,9 +11,12 @@
 //! compare-and-set. An entry is not removed when its request is decided (that would be
 //! a read and a write more per decision): the user's next submission drops the entries
 //! it finds settled, see [`RequestStore::prune_open`], so the index never holds more
-//! than the cap and a settled entry never blocks anybody. Four kinds of empty index keys name records: `u.<user>.<id>` (by
-//! requester), `s.<status>.<id>` (by status), `f.<yyyymmdd>.<id>` (finished that day, for
-//! retention) and `x.<yyyymmdd>.<id>` (time-bound access ending that day). They are written *before* the change they describe and removed after it,
+//! than the cap and a settled entry never blocks anybody. Three kinds of empty index keys name records: `s.<status>.<user>.<id>`
+//! (by status, and by requester through the filter `s.*.<user>.*`: one key serves both
+//! listings, so a submission writes one index key, not two), `f.<yyyymmdd>.<id>`
+//! (finished that day, for retention) and `x.<yyyymmdd>.<id>` (time-bound access ending
+//! that day). Buckets written before that layout also hold `u.<user>.<id>` and
+//! `s.<status>.<id>`: they are still read (and repaired), never written. They are written *before* the change they describe and removed after it,
 //! so a crash can leave a key naming a change that never happened, never a change that
 //! no key names; readers check the record and remove keys that can never be right
 //! again (see [`RequestStatus::may_reach`]). A change that keeps the status (a Slack
@@ -67,23 +70,34 @@ pub mod keys {
         format!("open.{}", user_token(user))
     }
 
-    /// The prefix of `user`'s requester index keys.
+    /// The filter prefix of `user`'s status keys, whatever the status: `s.*.<user>.`.
     pub fn requester_prefix(user: &Username) -> String {
+        format!("s.*.{}.", user_token(user))
+    }
+
+    /// The prefix of `user`'s requester keys of the layout before status keys named the
+    /// requester; read, never written.
+    pub fn legacy_requester_prefix(user: &Username) -> String {
         format!("u.{}.", user_token(user))
     }
 
-    /// `id` in `user`'s requester index.
-    pub fn requester(user: &Username, id: &RequestId) -> String {
-        format!("{}{id}", requester_prefix(user))
+    /// `id` in `user`'s requester keys of the earlier layout.
+    pub fn legacy_requester(user: &Username, id: &RequestId) -> String {
+        format!("{}{id}", legacy_requester_prefix(user))
     }
 
-    /// The prefix of the index of requests in `status`.
+    /// The prefix of the index of requests in `status` (both layouts).
     pub fn status_prefix(status: RequestStatus) -> String {
         format!("s.{status}.")
     }
 
-    /// `id` in the index of requests in `status`.
-    pub fn status(status: RequestStatus, id: &RequestId) -> String {
+    /// `id` of `user` in the index of requests in `status`.
+    pub fn status(status: RequestStatus, user: &Username, id: &RequestId) -> String {
+        format!("{}{}.{id}", status_prefix(status), user_token(user))
+    }
+
+    /// `id`'s status key of the earlier layout, without the requester.
+    pub fn legacy_status(status: RequestStatus, id: &RequestId) -> String {
         format!("{}{id}", status_prefix(status))
     }
 
@@ -207,8 +221,8 @@ fn json<T: serde::Serialize>(key: &str, value: &T) -> Result<Bytes, StoreError> 
 }
 
 /// The index keys written before a record changes from `before` (`None`: created) to
-/// `after` on `day`: the key of the new status, the requester's key at creation, and the
-/// day key of a request reaching a final status. Written first, a key may name a change
+/// `after` on `day`: the key of the new status (which also lists it under its requester),
+/// the day key of a request reaching a final status, and the day its access ends. Written first, a key may name a change
 /// that then lost its race (or a record a crash never wrote): readers check the record,
 /// and repair keys that can never be right again.
 fn keys_before(
@@ -219,13 +233,10 @@ fn keys_before(
     let id = &after.request_id;
     let mut out = Vec::new();
     if before.map(|b| b.status) != Some(after.status) {
-        out.push(keys::status(after.status, id));
+        out.push(keys::status(after.status, &after.requester, id));
         if after.status.is_terminal() {
             out.push(keys::finished(day, id));
         }
-    }
-    if before.is_none() {
-        out.push(keys::requester(&after.requester, id));
     }
     if let Some(ends) = after.access_expires_at
         && before.and_then(|b| b.access_expires_at) != Some(ends)
@@ -509,7 +520,8 @@ impl RequestStore {
                 continue;
             };
             if moved {
-                if let Err(e) = self.purge(&keys::status(current.value.status, id)).await {
+                let old = keys::status(current.value.status, &current.value.requester, id);
+                if let Err(e) = self.purge(&old).await {
                     tracing::warn!(error = %e, request_id = %id, "left a stale status key");
                 }
                 if let Err(e) = self.forget_access(&next).await {
@@ -570,7 +582,11 @@ impl RequestStore {
             return Ok(());
         }
         // Usually the writer removed it already: a read is cheaper than a second purge.
-        let key = keys::status(RequestStatus::Pending, &record.request_id);
+        let key = keys::status(
+            RequestStatus::Pending,
+            &record.requester,
+            &record.request_id,
+        );
         if self.holds(&key).await? {
             self.purge(&key).await?;
         }
@@ -709,7 +725,13 @@ impl RequestStore {
     /// The keys under `prefix` (a removed key is not listed), with a flag saying the
     /// listing stopped at [`MAX_INDEX_ENTRIES`].
     async fn index(&self, prefix: &str) -> Result<(Vec<String>, bool), StoreError> {
-        let filter = format!("{}{prefix}>", self.prefix);
+        self.matching(&format!("{prefix}>")).await
+    }
+
+    /// The keys matching the subject pattern `pattern` (wildcards allowed), as [`Self::index`].
+    async fn matching(&self, pattern: &str) -> Result<(Vec<String>, bool), StoreError> {
+        let prefix = pattern;
+        let filter = format!("{}{pattern}", self.prefix);
         // Through the subject index first; more keys than one answer holds are paged.
         let read = || async {
             match self.direct.last_per_subject(&filter).await {
@@ -770,14 +792,27 @@ impl RequestStore {
         Ok(ids_of(keys))
     }
 
-    /// Repairs the `s.pending` key of `id` when its record says otherwise: removes it if
-    /// the request left `pending` or was never written.
+    /// Repairs the `s.pending` keys of `id` when its record says otherwise: removes them
+    /// if the request left `pending` or was never written (then its key is found by the
+    /// id alone: `s.pending.*.<id>`). Keys of the earlier layout are repaired too.
     pub async fn repair_pending(&self, id: &RequestId) -> Result<(), StoreError> {
+        let legacy = keys::legacy_status(RequestStatus::Pending, id);
         match self.get(id).await? {
-            Some(v) => self.forget_if_settled(&v.value).await,
+            Some(v) if v.value.status == RequestStatus::Pending => Ok(()),
+            Some(v) => {
+                self.forget_if_settled(&v.value).await?;
+                if self.holds(&legacy).await? {
+                    self.purge(&legacy).await?;
+                }
+                Ok(())
+            }
             None => {
-                self.drop_orphan(&keys::status(RequestStatus::Pending, id), id)
-                    .await
+                let pattern = format!("{}*.{id}", keys::status_prefix(RequestStatus::Pending));
+                let (found, _) = self.matching(&pattern).await?;
+                for key in found.iter().chain([&legacy]) {
+                    self.drop_orphan(key, id).await?;
+                }
+                Ok(())
             }
         }
     }
@@ -795,7 +830,7 @@ impl RequestStore {
         limit: usize,
     ) -> Result<Listing, StoreError> {
         let prefixes = match (requester, status) {
-            (Some(u), _) => vec![keys::requester_prefix(u)],
+            (Some(u), _) => vec![keys::requester_prefix(u), keys::legacy_requester_prefix(u)],
             (None, Some(s)) => vec![keys::status_prefix(s)],
             (None, None) => RequestStatus::ALL
                 .into_iter()
@@ -900,8 +935,18 @@ impl RequestStore {
         let gone = match self.get(id).await? {
             Some(v) if v.value.status.is_terminal() => {
                 let rec = &v.value;
-                self.purge(&keys::requester(&rec.requester, id)).await?;
-                self.purge(&keys::status(rec.status, id)).await?;
+                self.purge(&keys::status(rec.status, &rec.requester, id))
+                    .await?;
+                // Keys of the earlier layout, if this record has them: a read is cheaper
+                // than a removal marker written for nothing.
+                for key in [
+                    keys::legacy_requester(&rec.requester, id),
+                    keys::legacy_status(rec.status, id),
+                ] {
+                    if self.holds(&key).await? {
+                        self.purge(&key).await?;
+                    }
+                }
                 self.purge(&keys::record(id)).await?;
                 true
             }
