@@ -195,7 +195,9 @@ pub enum Change<R> {
 /// Access to request records; cheap to clone.
 #[derive(Clone)]
 pub struct RequestStore {
-    kv: kv::Store,
+    /// Behind an `Arc`: a KV handle carries its stream's whole configuration, a dozen
+    /// allocations to clone.
+    kv: std::sync::Arc<kv::Store>,
     js: async_nats::jetstream::Context,
     direct: DirectReader,
     prefix: String,
@@ -281,7 +283,7 @@ pub struct Listing {
 impl RequestStore {
     /// A store over the declared `TARS_REQUESTS` bucket; reads are counted in `metrics`.
     pub fn new(topology: &Topology, metrics: &Metrics) -> Self {
-        let kv = topology.requests.clone();
+        let kv = std::sync::Arc::new(topology.requests.clone());
         let stream = kv.stream_name.clone();
         Self {
             direct: DirectReader::new(topology.js.client(), stream),

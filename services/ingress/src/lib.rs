@@ -358,7 +358,7 @@ impl Application {
         });
         let conn =
             tars_jetstream::service::connect(&args.common, "tars-ingress", metrics.clone()).await?;
-        let state = AppState {
+        let state = AppState::new(state::Shared {
             store: RequestStore::new(&conn.topology, &conn.metrics),
             publisher: EventPublisher::new(conn.topology.js.clone(), metrics.clone()),
             events: tars_jetstream::audit::EventLog::new(&conn.topology, &conn.metrics),
@@ -383,7 +383,7 @@ impl Application {
             policy: tars_domain::machine::Policy::default(),
             tenants: governance.map(tenants::TenantCheck::new),
             approval_policy: Arc::new(approval_policy),
-        };
+        });
         let listener = tokio::net::TcpListener::bind(args.listen_addr).await?;
         let probes = match args.metrics_addr {
             Some(addr) => Some((

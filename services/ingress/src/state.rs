@@ -40,9 +40,30 @@ pub struct SlackSettings {
     pub approvers_review_due: Option<time::OffsetDateTime>,
 }
 
-/// Shared state; cheap to clone.
+/// Shared state, one `Arc` to clone: axum clones the state for every extractor of every
+/// request, and cloning the fields themselves (a KV handle carries its stream's whole
+/// configuration) took a tenth of the ingress's CPU under load (`perf`, see
+/// `docs/architecture.md`).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state handlers share.
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What every handler reads, behind [`AppState`].
+pub struct Shared {
     /// Request records.
     pub store: RequestStore,
     /// Publishes events.
