@@ -86,6 +86,10 @@ pub struct Args {
     /// How long a token's answer is cached.
     #[arg(long, env = "KBASE_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
     pub kbase_cache_ttl: Duration,
+    /// Most tokens whose answers are cached (about 0.4 KB each): the ingress's memory under
+    /// load is mostly this cache, so it is bounded; beyond it the least used are evicted.
+    #[arg(long, env = "KBASE_CACHE_MAX_ENTRIES", default_value_t = 10_000)]
+    pub kbase_cache_max_entries: usize,
     /// Slack signing secret (or SLACK_SIGNING_SECRET_FILE); without it /slack/interact is off.
     #[arg(long, env = "SLACK_SIGNING_SECRET", hide_env_values = true)]
     pub slack_signing_secret: Option<tars_observability::config::Secret>,
@@ -165,6 +169,7 @@ impl Args {
             kbase_admin_roles: "CDM_JUPYTERHUB_ADMIN".into(),
             kbase_required_roles: String::new(),
             kbase_cache_ttl: Duration::from_secs(300),
+            kbase_cache_max_entries: 10_000,
             slack_signing_secret: None,
             slack_signing_secret_file: None,
             slack_approval_mode: "allowlist".into(),
@@ -344,7 +349,7 @@ impl Application {
                 admin_roles: csv(&args.kbase_admin_roles),
                 required_roles: csv(&args.kbase_required_roles),
                 ttl: args.kbase_cache_ttl,
-                max_entries: 100_000,
+                max_entries: args.kbase_cache_max_entries,
             },
             metrics.clone(),
         );
