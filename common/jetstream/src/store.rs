@@ -202,6 +202,8 @@ pub struct RequestStore {
     direct: DirectReader,
     prefix: String,
     metrics: Metrics,
+    /// Whether the bucket has replicas that may trail its leader (see `leader_entry`).
+    replicated: bool,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -285,7 +287,9 @@ impl RequestStore {
     pub fn new(topology: &Topology, metrics: &Metrics) -> Self {
         let kv = std::sync::Arc::new(topology.requests.clone());
         let stream = kv.stream_name.clone();
+        let replicated = kv.stream.cached_info().config.num_replicas > 1;
         Self {
+            replicated,
             direct: DirectReader::new(topology.js.client(), stream),
             js: topology.js.clone(),
             prefix: format!("$KV.{REQUESTS_BUCKET}."),
@@ -307,9 +311,21 @@ impl RequestStore {
     /// latest write yet: on a cluster, a worker then found no record for the event it was
     /// handling and an approval the ingress had accepted was dead-lettered
     /// (`tests/cluster`'s partition test). Listings stay direct reads; what they list is
-    /// read here.
+    /// read here. A bucket without replicas has only its leader to answer, so there the
+    /// cheaper direct get is the same read (no JSON API answer to decode).
     async fn leader_entry(&self, key: &str) -> Result<Option<(Bytes, u64)>, StoreError> {
         use async_nats::jetstream::stream::LastRawMessageErrorKind;
+        if !self.replicated {
+            let entry = crate::retry::ride_out(
+                "KV read",
+                || async { self.kv.entry(key).await.map_err(unavailable) },
+                StoreError::is_transient,
+            )
+            .await?;
+            return Ok(entry
+                .filter(|e| e.operation == kv::Operation::Put)
+                .map(|e| (e.value, e.revision)));
+        }
         let subject = format!("{}{key}", self.kv.prefix);
         let message = crate::retry::ride_out(
             "KV read",
