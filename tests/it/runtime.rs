@@ -143,6 +143,25 @@ async fn a_handler_that_fails_twice_is_acked_on_the_third_delivery_with_growing_
 }
 
 #[tokio::test]
+async fn a_handler_that_panics_is_retried_and_the_worker_carries_on() {
+    let nats = Nats::start().await;
+    let h = handler(|d: Delivery| async move {
+        if d.delivered == 1 {
+            panic!("handler bug on {}", d.envelope.request_id);
+        }
+        Outcome::Ack
+    });
+    let w = spawn_worker(&nats.topology, h, fast_config());
+    publish_n(&nats, 3).await;
+    eventually(LONG, "three acks after three panics", || async {
+        (w.count("ack") == 3 && w.count("retry") == 3).then_some(())
+    })
+    .await;
+    assert_eq!(nats.stream_len(DLQ_STREAM).await, 0);
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn a_permanent_failure_is_dead_lettered_once_with_all_headers() {
     let nats = Nats::start().await;
     let calls = Arc::new(Mutex::new(0));

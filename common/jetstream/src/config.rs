@@ -92,7 +92,7 @@ impl WorkerArgs {
     pub fn on(metrics_addr: std::net::SocketAddr) -> Self {
         Self {
             metrics_addr,
-            concurrency: 16,
+            concurrency: 32,
             max_deliver: 10,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
@@ -107,8 +107,11 @@ pub struct WorkerArgs {
     /// Where `/metrics`, `/livez` and `/readyz` are served.
     #[arg(long, env = "METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: std::net::SocketAddr,
-    /// Messages handled at once by this process.
-    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    /// Messages handled at once by this process. 32 from the curve `tars-bench worker`
+    /// prints: the runtime passes a raw pull + ack loop from 8 on and flattens past 64,
+    /// while each real handler's calls to Slack or the governance API in flight grow
+    /// with it (README, Benchmarks).
+    #[arg(long, env = "WORKER_CONCURRENCY", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub concurrency: u16,
     /// Deliveries before a failing message is dead-lettered.
     #[arg(long, env = "WORKER_MAX_DELIVER", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..=1000))]

@@ -184,7 +184,7 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            concurrency: 16,
+            concurrency: 32,
             max_deliver: 10,
             retry: RetryPolicy::default(),
             pull_expires: Duration::from_secs(2),
@@ -220,6 +220,27 @@ struct Shared<H> {
     /// Fired when the shutdown grace has run out: running handlers are abandoned and their
     /// messages nak-ed so another replica takes them at once.
     hard_stop: CancellationToken,
+    /// This worker's series, looked up once instead of hashed per message.
+    series: Series,
+}
+
+/// The metric series a worker moves for every message.
+struct Series {
+    acked: prometheus::IntCounter,
+    retried: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+}
+
+impl Series {
+    fn new(metrics: &Metrics, worker: &str) -> Self {
+        Self {
+            acked: metrics.worker_messages.with_label_values(&[worker, "ack"]),
+            retried: metrics
+                .worker_messages
+                .with_label_values(&[worker, "retry"]),
+            duration: metrics.worker_duration.with_label_values(&[worker]),
+        }
+    }
 }
 
 /// Runs `handler` on `kind`'s durable consumer until `shutdown` fires; then stops pulling,
@@ -257,6 +278,7 @@ pub async fn run<H: Handler>(
         topology: topology.clone(),
         consumer: consumer.clone(),
         hard_stop: CancellationToken::new(),
+        series: Series::new(&metrics, kind.name),
     });
     let slots = Arc::new(Semaphore::new(concurrency));
     let lag = tokio::spawn(report_lag(
@@ -469,48 +491,48 @@ async fn process<H: Handler>(
             }
         };
         shared
-            .metrics
-            .worker_duration
-            .with_label_values(&[shared.kind.name])
+            .series
+            .duration
             .observe(started.elapsed().as_secs_f64());
         settle(&shared, &msg, delivered, stream_seq, outcome).await;
     };
     trace::scope(trace, work.instrument(span)).await
 }
 
-/// Runs the handler in its own task (so a panic becomes a retry), sending in-progress
-/// acks while it runs; `None` if shutdown abandoned it.
+/// Runs the handler (a panic becomes a retry), sending in-progress acks while it runs;
+/// `None` if shutdown abandoned it. The handler runs in the message's own task, inside
+/// its span and trace: a task of its own per message cost a spawn for nothing but
+/// catching panics, which `catch_unwind` does.
 async fn run_handler<H: Handler>(
     shared: &Shared<H>,
     msg: &jetstream::Message,
     delivery: Delivery,
 ) -> Option<Outcome> {
-    let handler = shared.handler.clone();
-    let ctx = trace::current().unwrap_or_else(TraceContext::new_root);
-    let mut task = tokio::spawn(trace::scope(
-        ctx,
-        async move { handler.handle(delivery).await }.instrument(tracing::Span::current()),
-    ));
-    let mut progress = tokio::time::interval(shared.cfg.progress_interval);
-    progress.tick().await;
+    use futures::FutureExt;
+    let work = std::panic::AssertUnwindSafe(shared.handler.handle(delivery)).catch_unwind();
+    tokio::pin!(work);
+    // The first in-progress ack is due one interval from now, not at once.
+    let period = shared.cfg.progress_interval;
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     loop {
         tokio::select! {
-            joined = &mut task => {
-                return Some(match joined {
-                    Ok(o) => o,
-                    Err(e) => {
-                        error!(error = %e, "handler panicked");
-                        Outcome::retry(format!("handler panicked: {e}"))
-                    }
-                });
+            done = &mut work => {
+                return Some(done.unwrap_or_else(|panic| {
+                    let what = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_default();
+                    error!(panic = %what, "handler panicked");
+                    Outcome::retry(format!("handler panicked: {what}"))
+                }));
             }
             _ = progress.tick() => {
                 let _ = msg.ack_with(AckKind::Progress).await;
             }
             _ = shared.hard_stop.cancelled() => {
-                task.abort();
                 let _ = msg.ack_with(AckKind::Nak(None)).await;
-                shared.metrics.worker_messages.with_label_values(&[shared.kind.name, "retry"]).inc();
+                shared.series.retried.inc();
                 return None;
             }
         }
@@ -538,7 +560,7 @@ async fn settle<H>(
             if let Err(e) = msg.ack().await {
                 warn!(error = %e, "ack failed; the message will be redelivered");
             }
-            count("ack");
+            shared.series.acked.inc();
         }
         Outcome::Retry { reason, delay } if delivered < shared.cfg.max_deliver => {
             let delay = delay.unwrap_or_else(|| shared.cfg.retry.delay(delivered));
