@@ -344,6 +344,12 @@ impl NatsServer {
         self.port
     }
 
+    /// The server process's id while it runs (`None` once stopped or killed), for
+    /// benchmarks that read its footprint from `/proc`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops gracefully (SIGTERM) and waits for the process to end.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

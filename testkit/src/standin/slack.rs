@@ -482,6 +482,12 @@ impl FakeSlack {
         lock(&self.inner.messages).clone()
     }
 
+    /// Runs `f` over the messages in place: a check run after every change (a benchmark
+    /// waiting for thousands of messages) must not copy every Block Kit tree each time.
+    pub fn with_messages<R>(&self, f: impl FnOnce(&[SlackMessage]) -> R) -> R {
+        f(&lock(&self.inner.messages))
+    }
+
     /// Every API call (method, body), failed ones included.
     pub fn calls(&self) -> Vec<(String, Value)> {
         lock(&self.inner.calls).clone()
