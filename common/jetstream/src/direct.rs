@@ -181,21 +181,36 @@ impl DirectReader {
         limit: usize,
     ) -> Result<(Vec<Stored>, bool), DirectError> {
         let mut out: Vec<Stored> = Vec::new();
+        let (_, truncated) = self.each(filter, page_size, limit, |m| out.push(m)).await?;
+        Ok((out, truncated))
+    }
+
+    /// Hands every message matching `filter` to `f` as its page arrives, read in pages of
+    /// `page_size` up to `limit` in all, and returns how many it read and whether it
+    /// stopped at `limit`. A caller that keeps only a little of each message (an index
+    /// listing keeps the key) holds one page at a time, not every message.
+    pub async fn each(
+        &self,
+        filter: &str,
+        page_size: usize,
+        limit: usize,
+        mut f: impl FnMut(Stored),
+    ) -> Result<(usize, bool), DirectError> {
+        let mut read = 0;
         let mut from = 1;
         loop {
-            let page = self
-                .page(filter, from, page_size.min(limit - out.len()))
-                .await?;
+            let page = self.page(filter, from, page_size.min(limit - read)).await?;
             let got = page.messages.len();
             if let Some(last) = page.messages.last() {
                 from = last.seq + 1;
             }
-            out.extend(page.messages);
+            read += got;
+            page.messages.into_iter().for_each(&mut f);
             if page.pending == 0 || got == 0 {
-                return Ok((out, false));
+                return Ok((read, false));
             }
-            if out.len() >= limit {
-                return Ok((out, true));
+            if read >= limit {
+                return Ok((read, true));
             }
         }
     }

@@ -750,24 +750,8 @@ impl RequestStore {
     async fn matching(&self, pattern: &str) -> Result<(Vec<String>, bool), StoreError> {
         let prefix = pattern;
         let filter = format!("{}{pattern}", self.prefix);
-        // Through the subject index first; more keys than one answer holds are paged.
-        let read = || async {
-            match self.direct.last_per_subject(&filter).await {
-                Ok(Some(messages)) => Ok((messages, false)),
-                Ok(None) => self
-                    .direct
-                    .all(&filter, INDEX_PAGE, MAX_INDEX_ENTRIES)
-                    .await
-                    .map_err(unavailable),
-                Err(e) => Err(unavailable(e)),
-            }
-        };
-        let (messages, truncated) =
-            crate::retry::ride_out("KV index read", read, StoreError::is_transient).await?;
-        self.count("index_entry", messages.len());
         // The last message of each key decides: a put lists it, a removal marker does not.
-        let mut latest: BTreeMap<String, bool> = BTreeMap::new();
-        for m in messages {
+        let note = |latest: &mut BTreeMap<String, bool>, m: crate::direct::Stored| {
             let removed = m
                 .headers
                 .get("KV-Operation")
@@ -775,7 +759,34 @@ impl RequestStore {
             if let Some(key) = m.subject.strip_prefix(&self.prefix) {
                 latest.insert(key.to_owned(), !removed);
             }
-        }
+        };
+        // Through the subject index first; more keys than one answer holds are paged, and
+        // each page is reduced to its keys as it arrives (a listing of many keys holds
+        // the keys, not every message with its headers).
+        let read = || async {
+            let mut latest = BTreeMap::new();
+            match self.direct.last_per_subject(&filter).await {
+                Ok(Some(messages)) => {
+                    let n = messages.len();
+                    messages.into_iter().for_each(|m| note(&mut latest, m));
+                    Ok((latest, n, false))
+                }
+                Ok(None) => {
+                    let (n, truncated) = self
+                        .direct
+                        .each(&filter, INDEX_PAGE, MAX_INDEX_ENTRIES, |m| {
+                            note(&mut latest, m)
+                        })
+                        .await
+                        .map_err(unavailable)?;
+                    Ok((latest, n, truncated))
+                }
+                Err(e) => Err(unavailable(e)),
+            }
+        };
+        let (latest, read, truncated) =
+            crate::retry::ride_out("KV index read", read, StoreError::is_transient).await?;
+        self.count("index_entry", read);
         if truncated {
             tracing::warn!(prefix, limit = MAX_INDEX_ENTRIES, "index listing truncated");
         }
