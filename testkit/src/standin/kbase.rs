@@ -1,4 +1,6 @@
-//! KBase auth stand-in: `GET /api/V2/me` with `Authorization: <token>`.
+//! KBase auth stand-in: `GET /api/V2/me` with `Authorization: <token>`, and the service's
+//! root document (`GET /`), which KBase clients such as the Python service TARS replaces
+//! read at start-up to check that the URL is the auth service.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -61,7 +63,7 @@ async fn me(State(s): State<Arc<Inner>>, headers: HeaderMap) -> Response {
         .clone();
     if user.is_none() && prefix.is_some_and(|p| token.starts_with(&p)) {
         let name = token.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
-        user = Some((name, Vec::new()));
+        user = Some((name, vec![LAKEHOUSE_USER_ROLE.to_owned()]));
     }
     match user {
         Some((name, roles)) => axum::Json(json!({
@@ -72,6 +74,19 @@ async fn me(State(s): State<Arc<Inner>>, headers: HeaderMap) -> Response {
         .into_response(),
         None => (StatusCode::UNAUTHORIZED, axum::Json(kbase_error(401, 10020, "Invalid token"))).into_response(),
     }
+}
+
+/// The custom role every lakehouse user holds; the Python service TARS replaces requires
+/// it by default (`KBASE_REQUIRED_ROLES=BERDL_USER`), so [`FakeKbase::accept_any_with_prefix`]
+/// users carry it.
+pub const LAKEHOUSE_USER_ROLE: &str = "BERDL_USER";
+
+/// `GET /`: the auth service's root document, as KBase serves it.
+async fn root() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({
+        "version": "0.7.2", "servicename": "Authentication Service", "devtoken": false,
+        "servertime": 1_700_000_000_000u64, "gitcommithash": "standin",
+    }))
 }
 
 impl FakeKbase {
@@ -89,6 +104,7 @@ impl FakeKbase {
     pub async fn start_at(addr: std::net::SocketAddr) -> Self {
         let inner = Arc::new(Inner::default());
         let router = axum::Router::new()
+            .route("/", get(root))
             .route("/api/V2/me", get(me))
             .with_state(inner.clone());
         let served = super::serve(router, addr)
@@ -117,8 +133,8 @@ impl FakeKbase {
             );
     }
 
-    /// Accepts every token starting with `prefix` as a user named after the token, so a
-    /// benchmark can use a distinct user per request.
+    /// Accepts every token starting with `prefix` as a user named after the token (with
+    /// [`LAKEHOUSE_USER_ROLE`]), so a benchmark can use a distinct user per request.
     pub fn accept_any_with_prefix(&self, prefix: &str) {
         *self
             .inner

@@ -2,7 +2,7 @@
 //! JetStream operation it is built on, measured in the same run.
 //!
 //! ```text
-//! cargo run --release -p tars-tests --bin tars-bench -- [worker|growth|ingress|slow-slack|e2e|all] [--smoke]
+//! cargo run --release -p tars-tests --bin tars-bench -- [worker|growth|slow-slack|posted|ingress|e2e|all] [--smoke]
 //! ```
 //!
 //! The services run as they are deployed: the real binaries, each its own process, from
@@ -40,6 +40,8 @@ mod growth;
 mod ingress;
 #[path = "tars-bench/plan.rs"]
 mod plan;
+#[path = "tars-bench/posted.rs"]
+mod posted;
 #[path = "tars-bench/procs.rs"]
 mod procs;
 #[path = "tars-bench/stack.rs"]
@@ -241,7 +243,7 @@ async fn raw_kv_create(kv: &async_nats::jetstream::kv::Store, secs: u64) -> (f64
 }
 
 /// The parts, in the order `all` runs them.
-const PARTS: [&str; 5] = ["worker", "growth", "slow-slack", "ingress", "e2e"];
+const PARTS: [&str; 6] = ["worker", "growth", "slow-slack", "posted", "ingress", "e2e"];
 
 /// A part's header.
 fn section(title: &str) {
@@ -290,6 +292,12 @@ async fn main() {
     if runs("slow-slack") {
         section("slow-slack: ingress with the workers running and Slack answering in 100 ms");
         ingress::run(false, true).await;
+    }
+    if runs("posted") {
+        section(
+            "posted: accepted and posted, TARS and (TARS_BENCH_COMPARE_CMD) the service it replaces",
+        );
+        posted::run().await;
     }
     for fsync in [true, false] {
         if runs("ingress") {

@@ -13,8 +13,9 @@ use super::{plan, procs};
 /// so every request is a new request (never a dedupe hit) and no user is used by two
 /// connections at once. With `TARS_BENCH_BODY=invalid` the body fails validation after
 /// authentication (422), so a warm-up pass caches every token the measured pass will use
-/// without storing anything.
-const WRK_SCRIPT: &str = r#"
+/// without storing anything (an empty tenant name: refused by TARS and by the Python
+/// service alike, after authentication).
+pub const WRK_SCRIPT: &str = r#"
 local counter = 0
 local id = 0
 function setup(thread)
@@ -27,17 +28,17 @@ end
 function request()
   counter = counter + 1
   local tok = "bench-" .. id .. "-" .. (counter % 2500)
-  local body = os.getenv("TARS_BENCH_BODY") == "invalid" and '{"tenant_name":"!"}'
+  local body = os.getenv("TARS_BENCH_BODY") == "invalid" and '{"tenant_name":""}'
     or ('{"tenant_name":"t' .. id .. "-" .. counter .. '","permission":"read_only"}')
   return wrk.format("POST", "/requests/", {["Authorization"] = "Bearer " .. tok, ["Content-Type"] = "application/json"}, body)
 end
 "#;
 
 /// wrk's connections (`-c`).
-const CONNECTIONS: usize = 32;
+pub const CONNECTIONS: usize = 32;
 
 /// One wrk run's summary.
-struct Summary(String);
+pub struct Summary(String);
 
 impl Summary {
     /// The trimmed line starting with `key`.
@@ -46,14 +47,14 @@ impl Summary {
     }
 
     /// The value after `key` on its line (`Requests/sec:   2700.12` → `2700.12`).
-    fn value(&self, key: &str) -> &str {
+    pub fn value(&self, key: &str) -> &str {
         self.line(key)
             .and_then(|l| l[key.len()..].split_whitespace().next())
             .unwrap_or("?")
     }
 
     /// Requests completed (`27001 requests in 10.00s, …`).
-    fn requests(&self) -> usize {
+    pub fn requests(&self) -> usize {
         self.0
             .lines()
             .find(|l| l.contains(" requests in "))
@@ -63,7 +64,7 @@ impl Summary {
     }
 
     /// Non-2xx answers: wrk prints the line only when there were some.
-    fn non_2xx(&self) -> usize {
+    pub fn non_2xx(&self) -> usize {
         self.line("Non-2xx or 3xx responses:")
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|n| n.parse().ok())
@@ -72,7 +73,7 @@ impl Summary {
 
     /// Socket errors (connect, read, write, timeout), summed, with wrk's breakdown (empty
     /// when none: wrk prints the line only when there were some).
-    fn socket_errors(&self) -> (usize, &str) {
+    pub fn socket_errors(&self) -> (usize, &str) {
         let Some(line) = self.line("Socket errors:") else {
             return (0, "");
         };
@@ -87,7 +88,7 @@ impl Summary {
 
 /// Runs wrk for `secs` against `base`, valid or invalid bodies. No wrk, or no summary
 /// from it, is a failed benchmark, never a row of zeros.
-async fn wrk(base: &str, script: &std::path::Path, secs: u32, invalid: bool) -> Summary {
+pub async fn wrk(base: &str, script: &std::path::Path, secs: u32, invalid: bool) -> Summary {
     let out = tokio::process::Command::new("wrk")
         .args(["-t2", &format!("-c{CONNECTIONS}"), &format!("-d{secs}s")])
         .args(["--latency", "-s"])

@@ -11,11 +11,11 @@ use tars_testkit::standin::{governance::FakeGovernance, kbase::FakeKbase, slack:
 use super::procs::{self, Service, Usage};
 
 /// The Slack bot token, signing secret and channel the stand-ins and services share.
-const SLACK_TOKEN: &str = "xoxb-bench";
-const SIGNING_SECRET: &str = "s";
-const CHANNEL: &str = "C1";
+pub const SLACK_TOKEN: &str = "xoxb-bench";
+pub const SIGNING_SECRET: &str = "s";
+pub const CHANNEL: &str = "C1";
 /// The governance API's token.
-const GOVERNANCE_TOKEN: &str = "gov";
+pub const GOVERNANCE_TOKEN: &str = "gov";
 /// The admin's KBase token (user `benchadmin`), allowed to approve.
 pub const ADMIN_TOKEN: &str = "bench-admin";
 
