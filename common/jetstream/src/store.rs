@@ -504,11 +504,29 @@ impl RequestStore {
     pub async fn modify<R>(
         &self,
         id: &RequestId,
+        f: impl FnMut(&mut RequestRecord) -> Change<R>,
+    ) -> Result<(R, Versioned<RequestRecord>), StoreError> {
+        self.modify_from(id, None, f).await
+    }
+
+    /// [`Self::modify`], starting from `known`, a version of the record the caller has just
+    /// read or written, instead of reading it again: the compare-and-set refuses it if the
+    /// record moved on since, and the next attempt reads the record as `modify` does. A
+    /// caller that reads a record and then changes it pays one read, not two. When `f`
+    /// keeps `known` unchanged, the decision stands as of when `known` was read.
+    pub async fn modify_from<R>(
+        &self,
+        id: &RequestId,
+        mut known: Option<Versioned<RequestRecord>>,
         mut f: impl FnMut(&mut RequestRecord) -> Change<R>,
     ) -> Result<(R, Versioned<RequestRecord>), StoreError> {
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let Some(current) = self.get(id).await? else {
-                return Err(StoreError::NotFound(id.clone()));
+            let current = match known.take() {
+                Some(known) => known,
+                None => match self.get(id).await? {
+                    Some(current) => current,
+                    None => return Err(StoreError::NotFound(id.clone())),
+                },
             };
             // The previous revision's outbox was published from that revision: a new
             // write carries only the events of its own change.

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tars_domain::events::Event;
 use tars_domain::{RequestId, RequestRecord, RequestStatus, SlackClaim, SlackMessageRef, now};
 use tars_jetstream::service::Connected;
-use tars_jetstream::store::{Change, RequestStore, StoreError};
+use tars_jetstream::store::{Change, RequestStore, StoreError, Versioned};
 use tars_jetstream::worker::{Delivery, Handler, Outcome};
 use tars_observability::metrics::Metrics;
 use tars_slack::{SlackClient, SlackError, blocks, notices};
@@ -186,16 +186,17 @@ impl Worker {
     }
 
     async fn show(&self, id: &RequestId, delivered: u64) -> Outcome {
-        let rec = match self.store.get(id).await {
-            Ok(Some(v)) => v.value,
+        let read = match self.store.get(id).await {
+            Ok(Some(v)) => v,
             Ok(None) => return store_outcome(StoreError::NotFound(id.clone())),
             Err(e) => return store_outcome(e),
         };
-        if let Some(msg) = &rec.slack {
-            return self.update(msg, &rec).await;
+        if let Some(msg) = &read.value.slack {
+            return self.update(msg, &read.value).await;
         }
         // The policy may send this tenant's requests to their own channel.
-        let channel = rec
+        let channel = read
+            .value
             .approval_channel
             .clone()
             .unwrap_or_else(|| self.channel.clone());
@@ -210,9 +211,11 @@ impl Worker {
             ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let lease = self.lease;
+        // The claim starts from the record just read (no second read; a record that moved
+        // on meanwhile fails the compare-and-set and is read again).
         let claimed = self
             .store
-            .modify(id, |r| {
+            .modify_from(id, Some(read), |r| {
                 if r.slack.is_some() {
                     return Change::Keep(Claim::Posted);
                 }
@@ -238,8 +241,8 @@ impl Worker {
                 Change::Write(Claim::Ours(look_since))
             })
             .await;
-        let (rec, look_since) = match claimed {
-            Ok((Claim::Ours(since), v)) => (v.value, since),
+        let (claim, look_since) = match claimed {
+            Ok((Claim::Ours(since), v)) => (v, since),
             Ok((Claim::Posted, v)) => {
                 return match &v.value.slack {
                     Some(msg) => self.update(msg, &v.value).await,
@@ -260,7 +263,8 @@ impl Worker {
             match self.slack.find_posted(&channel, id.as_str(), oldest).await {
                 Ok(Some(found)) => {
                     tracing::info!(ts = %found.ts, "the earlier post had landed: keeping it");
-                    return self.keep(id, &rec, &me, found).await;
+                    let shown = self.render(&claim.value).await;
+                    return self.keep(id, claim, shown, &me, found).await;
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -269,12 +273,13 @@ impl Worker {
                 }
             }
         }
-        let (text, blocks) = self.render(&rec).await;
+        let shown = self.render(&claim.value).await;
+        let (text, blocks) = &shown;
         let posted = loop {
             fail::fail_point!("notify.before_post");
             let posted = self
                 .slack
-                .post_message(&channel, &text, &blocks, id.as_str())
+                .post_message(&channel, text, blocks, id.as_str())
                 .await;
             fail::fail_point!("notify.after_post");
             match posted {
@@ -291,7 +296,7 @@ impl Worker {
             }
         };
         match posted {
-            Ok(p) => self.keep(id, &rec, &me, p).await,
+            Ok(p) => self.keep(id, claim, shown, &me, p).await,
             Err(SlackError::RateLimited(_)) => {
                 Outcome::retry("unreachable: rate limits are waited out")
             }
@@ -307,12 +312,14 @@ impl Worker {
         }
     }
 
-    /// Stores where the message lives and drops the lease; then shows the current state
-    /// if the request moved on while it was posted.
+    /// Stores where the message lives and drops the lease, starting from `claim` (the
+    /// record as this attempt's claim wrote it: no read when nothing wrote since); then
+    /// shows the current state if it renders other than `shown`, what was posted.
     async fn keep(
         &self,
         id: &RequestId,
-        rendered: &RequestRecord,
+        claim: Versioned<RequestRecord>,
+        shown: (String, serde_json::Value),
         me: &str,
         posted: tars_slack::Posted,
     ) -> Outcome {
@@ -322,7 +329,7 @@ impl Worker {
         };
         let stored = self
             .store
-            .modify(id, |r| {
+            .modify_from(id, Some(claim), |r| {
                 if r.slack.is_some() {
                     return Change::Keep(());
                 }
@@ -334,9 +341,7 @@ impl Worker {
             })
             .await;
         match stored {
-            Ok((_, now_rec))
-                if self.render(&now_rec.value).await != self.render(rendered).await =>
-            {
+            Ok((_, now_rec)) if self.render(&now_rec.value).await != shown => {
                 self.update(&msg, &now_rec.value).await
             }
             Ok(_) => Outcome::Ack,
