@@ -18,6 +18,40 @@ pub enum PublishError {
     Publish(#[from] async_nats::jetstream::context::PublishError),
 }
 
+/// An event sent by [`EventPublisher::send`], its stream ack still to come.
+pub struct Sent {
+    ack: jetstream::context::PublishAckFuture,
+    kind: &'static str,
+    publisher: EventPublisher,
+}
+
+impl Sent {
+    /// Waits for the stream's ack and counts the event; returns its stream sequence.
+    pub async fn acked(self) -> Result<u64, PublishError> {
+        let ack = self.ack.await?;
+        self.publisher.count(self.kind);
+        Ok(ack.sequence)
+    }
+}
+
+/// The headers (`Nats-Msg-Id`, and the current trace's `traceparent`) and payload of
+/// `envelope`.
+fn encode(
+    envelope: &Envelope,
+    msg_id: &str,
+) -> Result<(async_nats::HeaderMap, bytes::Bytes), PublishError> {
+    let payload = serde_json::to_vec(envelope)?;
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", msg_id);
+    if let Some(ctx) = tars_observability::trace::current() {
+        headers.insert(
+            tars_observability::trace::TRACEPARENT,
+            ctx.child().header().as_str(),
+        );
+    }
+    Ok((headers, bytes::Bytes::from(payload)))
+}
+
 /// Publishes envelopes to `TARS_EVENTS` and counts them; cheap to clone.
 #[derive(Clone)]
 pub struct EventPublisher {
@@ -34,16 +68,7 @@ impl EventPublisher {
     /// Publishes with `msg_id` as `Nats-Msg-Id` and waits for the stream's ack; returns
     /// the stream sequence (a duplicate returns the original's).
     pub async fn publish(&self, envelope: &Envelope, msg_id: &str) -> Result<u64, PublishError> {
-        let payload = serde_json::to_vec(envelope)?;
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert("Nats-Msg-Id", msg_id);
-        if let Some(ctx) = tars_observability::trace::current() {
-            headers.insert(
-                tars_observability::trace::TRACEPARENT,
-                ctx.child().header().as_str(),
-            );
-        }
-        let payload = bytes::Bytes::from(payload);
+        let (headers, payload) = encode(envelope, msg_id)?;
         let send = || async {
             let ack = self
                 .js
@@ -56,11 +81,32 @@ impl EventPublisher {
         let ack =
             crate::retry::ride_out("publish", send, |e| matches!(e, PublishError::Publish(_)))
                 .await?;
+        self.count(envelope.event.kind());
+        Ok(ack.sequence)
+    }
+
+    /// Sends like [`Self::publish`] without waiting for the stream's ack, which
+    /// [`Sent::acked`] awaits: a caller with many events in order (the relay) keeps them
+    /// in flight together, in the order sent, instead of one round trip each. Not retried:
+    /// a caller that gets an error sends again (the message id keeps one copy).
+    pub async fn send(&self, envelope: &Envelope, msg_id: &str) -> Result<Sent, PublishError> {
+        let (headers, payload) = encode(envelope, msg_id)?;
+        let ack = self
+            .js
+            .publish_with_headers(envelope.subject(), headers, payload)
+            .await?;
+        Ok(Sent {
+            ack,
+            kind: envelope.event.kind(),
+            publisher: self.clone(),
+        })
+    }
+
+    fn count(&self, kind: &str) {
         self.metrics
             .events_published
-            .with_label_values(&[envelope.event.kind()])
+            .with_label_values(&[kind])
             .inc();
-        Ok(ack.sequence)
     }
 
     /// Publishes a state transition with its natural `Nats-Msg-Id`.

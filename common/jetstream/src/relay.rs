@@ -17,13 +17,14 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer};
 use futures::StreamExt;
+use futures::stream::FuturesOrdered;
 use tars_domain::RequestRecord;
 use tars_domain::events::Event;
 use tars_observability::trace::{self, TraceContext};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::publish::EventPublisher;
+use crate::publish::{EventPublisher, Sent};
 use crate::store::RequestStore;
 use crate::topology::Topology;
 
@@ -32,6 +33,9 @@ pub const RELAY_CONSUMER: &str = "relay";
 
 /// How many revisions one pull asks for.
 const BATCH: usize = 64;
+
+/// How many relayed revisions may wait for the stream's acks of their events at once.
+const IN_FLIGHT: usize = 64;
 
 /// The relay's consumer: every revision of every record key (index keys such as
 /// `open.<user>` and `s.<status>.<id>` have more than one token and are not matched).
@@ -63,22 +67,24 @@ enum RelayError {
     Store(#[from] crate::store::StoreError),
 }
 
-/// Publishes the outbox of one revision and repairs what leaving `pending` may have left;
-/// `Err` leaves the revision to be redelivered.
-async fn relay_one(
+/// Sends the outbox of one revision (the stream's acks are awaited by [`confirm`]) and
+/// repairs what leaving `pending` may have left; `Err` leaves the revision to be
+/// redelivered.
+async fn relay_send(
     publisher: &EventPublisher,
     store: &RequestStore,
     msg: &jetstream::Message,
-) -> Result<(), RelayError> {
+) -> Result<Vec<Sent>, RelayError> {
+    let mut sent = Vec::new();
     // A deleted or purged key has no payload and nothing to announce.
     if msg.payload.is_empty() {
-        return Ok(());
+        return Ok(sent);
     }
     let revision: RequestRecord = match serde_json::from_slice(&msg.payload) {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(subject = %msg.subject, error = %e, "a record the relay cannot read: skipped");
-            return Ok(());
+            return Ok(sent);
         }
     };
     let left_pending = revision.outbox.iter().any(|o| {
@@ -100,11 +106,38 @@ async fn relay_one(
             request_id = %out.envelope.request_id,
             trace_id = %ctx.trace_id()
         );
-        trace::scope(ctx, publisher.publish(&out.envelope, &out.msg_id))
-            .instrument(span)
-            .await?;
+        sent.push(
+            trace::scope(ctx, publisher.send(&out.envelope, &out.msg_id))
+                .instrument(span)
+                .await?,
+        );
+    }
+    Ok(sent)
+}
+
+/// Waits for the stream's acks of what [`relay_send`] sent.
+async fn confirm(sent: Result<Vec<Sent>, RelayError>) -> Result<(), RelayError> {
+    for s in sent? {
+        s.acked().await?;
     }
     Ok(())
+}
+
+/// Acknowledges a revision whose events are stored, or has it redelivered.
+async fn settle(msg: jetstream::Message, relayed: Result<(), RelayError>) {
+    let settle = match relayed {
+        Ok(()) => {
+            fail::fail_point!("relay.after_publish");
+            AckKind::Ack
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, subject = %msg.subject, "relay publish failed; will retry");
+            AckKind::Nak(Some(Duration::from_millis(500)))
+        }
+    };
+    if let Err(e) = msg.ack_with(settle).await {
+        tracing::warn!(error = %e, "relay ack failed; the revision comes back");
+    }
 }
 
 /// Relays until `shutdown`; a pull or publish failure (NATS away) is retried.
@@ -143,21 +176,26 @@ pub async fn run(
             }
         };
         // A pull is finished even during shutdown: it is short, and what it holds is
-        // published rather than left to wait for its ack timer.
-        while let Some(next) = batch.next().await {
-            let Ok(msg) = next else { break };
-            let settle = match relay_one(&publisher, &store, &msg).await {
-                Ok(()) => {
-                    fail::fail_point!("relay.after_publish");
-                    AckKind::Ack
+        // published rather than left to wait for its ack timer. Revisions are sent in
+        // the order they arrive (so events reach the stream in the order they were
+        // written) while the stream's acks of earlier ones are still on their way: up to
+        // IN_FLIGHT revisions wait for theirs at once, each acknowledged once its events
+        // are stored, in order.
+        let mut waiting = FuturesOrdered::new();
+        let mut open = true;
+        while open || !waiting.is_empty() {
+            tokio::select! {
+                biased;
+                Some((msg, relayed)) = waiting.next(), if !waiting.is_empty() => {
+                    settle(msg, relayed).await;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, subject = %msg.subject, "relay publish failed; will retry");
-                    AckKind::Nak(Some(Duration::from_millis(500)))
-                }
-            };
-            if let Err(e) = msg.ack_with(settle).await {
-                tracing::warn!(error = %e, "relay ack failed; the revision comes back");
+                next = batch.next(), if open && waiting.len() < IN_FLIGHT => match next {
+                    Some(Ok(msg)) => {
+                        let sent = relay_send(&publisher, &store, &msg).await;
+                        waiting.push_back(async move { (msg, confirm(sent).await) });
+                    }
+                    _ => open = false,
+                },
             }
         }
     }
