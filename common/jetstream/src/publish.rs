@@ -68,21 +68,9 @@ impl EventPublisher {
     /// Publishes with `msg_id` as `Nats-Msg-Id` and waits for the stream's ack; returns
     /// the stream sequence (a duplicate returns the original's).
     pub async fn publish(&self, envelope: &Envelope, msg_id: &str) -> Result<u64, PublishError> {
-        let (headers, payload) = encode(envelope, msg_id)?;
-        let send = || async {
-            let ack = self
-                .js
-                .publish_with_headers(envelope.subject(), headers.clone(), payload.clone())
-                .await?
-                .await?;
-            Ok::<_, PublishError>(ack)
-        };
         // The message id makes a repeat of a publish that went through a no-op.
-        let ack =
-            crate::retry::ride_out("publish", send, |e| matches!(e, PublishError::Publish(_)))
-                .await?;
-        self.count(envelope.event.kind());
-        Ok(ack.sequence)
+        let send = || async { self.send(envelope, msg_id).await?.acked().await };
+        crate::retry::ride_out("publish", send, |e| matches!(e, PublishError::Publish(_))).await
     }
 
     /// Sends like [`Self::publish`] without waiting for the stream's ack, which

@@ -34,9 +34,6 @@ pub const RELAY_CONSUMER: &str = "relay";
 /// How many revisions one pull asks for.
 const BATCH: usize = 64;
 
-/// How many relayed revisions may wait for the stream's acks of their events at once.
-const IN_FLIGHT: usize = 64;
-
 /// The relay's consumer: every revision of every record key (index keys such as
 /// `open.<user>` and `s.<status>.<id>` have more than one token and are not matched).
 pub fn consumer_config(
@@ -179,8 +176,8 @@ pub async fn run(
         // published rather than left to wait for its ack timer. Revisions are sent in
         // the order they arrive (so events reach the stream in the order they were
         // written) while the stream's acks of earlier ones are still on their way: up to
-        // IN_FLIGHT revisions wait for theirs at once, each acknowledged once its events
-        // are stored, in order.
+        // a pull's BATCH revisions wait for theirs at once, each acknowledged once its
+        // events are stored, in order.
         let mut waiting = FuturesOrdered::new();
         let mut open = true;
         while open || !waiting.is_empty() {
@@ -189,7 +186,7 @@ pub async fn run(
                 Some((msg, relayed)) = waiting.next(), if !waiting.is_empty() => {
                     settle(msg, relayed).await;
                 }
-                next = batch.next(), if open && waiting.len() < IN_FLIGHT => match next {
+                next = batch.next(), if open => match next {
                     Some(Ok(msg)) => {
                         let sent = relay_send(&publisher, &store, &msg).await;
                         waiting.push_back(async move { (msg, confirm(sent).await) });
