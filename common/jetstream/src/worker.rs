@@ -253,15 +253,25 @@ pub async fn run<H: Handler>(
     metrics: Metrics,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
-    let consumer: PullConsumer =
-        topology
-            .events
-            .get_consumer(kind.name)
-            .await
-            .map_err(|e| WorkerError::Consumer {
-                name: kind.name,
-                message: e.to_string(),
-            })?;
+    // The topology was just declared, but on a cluster still electing leaders (or a busy
+    // one) the look-up can time out: ride that out like any other call; a consumer that
+    // is not there is an error at once.
+    let consumer: PullConsumer = crate::retry::ride_out(
+        "consumer look-up",
+        || topology.events.get_consumer(kind.name),
+        |e: &async_nats::Error| {
+            !matches!(
+                e.downcast_ref::<jetstream::context::ConsumerInfoError>().map(|e| e.kind()),
+                Some(jetstream::context::ConsumerInfoErrorKind::JetStream(ref j))
+                    if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+            )
+        },
+    )
+    .await
+    .map_err(|e| WorkerError::Consumer {
+        name: kind.name,
+        message: e.to_string(),
+    })?;
     let concurrency = cfg.concurrency.max(1);
     // In-progress acks must come well inside the consumer's ack_wait, whatever it is.
     let ack_wait = consumer.cached_info().config.ack_wait;
