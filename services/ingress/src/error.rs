@@ -72,6 +72,25 @@ impl ApiError {
     }
 }
 
+/// The answer to a call whose handler panicked (caught by the router's `CatchPanicLayer`):
+/// a 500 in the usual JSON shape instead of a connection closed without a word, and the
+/// ingress goes on serving. What the call wrote stays written; every write is safe to
+/// repeat, so the client may try again.
+pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let what = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    tracing::error!(panic = what, "a request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "the ingress failed while handling this call; try again (nothing is applied twice)",
+    )
+    .into_response()
+}
+
 impl From<ParseError> for ApiError {
     fn from(e: ParseError) -> Self {
         Self::new(

@@ -43,6 +43,7 @@ use tars_observability::metrics::Metrics;
 use tars_observability::trace::{self, TraceContext};
 use tars_slack::SlackClient;
 use tokio_util::sync::CancellationToken;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
@@ -615,6 +616,7 @@ fn router(state: AppState, timeout: Duration, public_metrics: bool) -> Router {
     };
     app.merge(probes.with_state(probe))
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(CatchPanicLayer::custom(error::panicked))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::from_fn_with_state(metrics, track))
         .layer(middleware::from_fn_with_state(timeout, deadline))
