@@ -573,3 +573,35 @@ async fn a_worker_that_cannot_pull_is_not_ready_and_declares_its_consumer_again(
     .await;
     w.stop().await;
 }
+
+#[tokio::test]
+async fn a_worker_whose_consumer_does_not_exist_stops_at_once_naming_it() {
+    let nats = Nats::start().await;
+    nats.topology
+        .events
+        .delete_consumer(NOTIFIER.name)
+        .await
+        .unwrap();
+    let h = handler(|_| async { Outcome::Ack });
+    // A look-up that times out is tried again for ten seconds (the ride-out); one that
+    // finds no consumer is an answer, not an outage, and ends the worker well inside that.
+    let ended = tokio::time::timeout(
+        Duration::from_secs(5),
+        worker::run(
+            NOTIFIER,
+            nats.topology.clone(),
+            h,
+            fast_config(),
+            Metrics::new(),
+            CancellationToken::new(),
+        ),
+    )
+    .await
+    .expect("the worker ended within 5 s, before the ride-out's 10 s");
+    let e = ended.expect_err("a worker without its consumer fails");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("consumer {}:", NOTIFIER.name)),
+        "{e}"
+    );
+}

@@ -254,16 +254,16 @@ pub async fn run<H: Handler>(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     // The topology was just declared, but on a cluster still electing leaders (or a busy
-    // one) the look-up can time out: ride that out like any other call; a consumer that
-    // is not there is an error at once.
+    // one) the look-up can time out: ride that out like any other call. A consumer or
+    // stream that is not there is an answer, not an outage: an error at once.
     let consumer: PullConsumer = crate::retry::ride_out(
         "consumer look-up",
         || topology.events.get_consumer(kind.name),
         |e: &async_nats::Error| {
-            !matches!(
-                e.downcast_ref::<jetstream::context::ConsumerInfoError>().map(|e| e.kind()),
-                Some(jetstream::context::ConsumerInfoErrorKind::JetStream(ref j))
-                    if j.error_code() == jetstream::ErrorCode::CONSUMER_NOT_FOUND
+            use jetstream::context::{ConsumerInfoError, ConsumerInfoErrorKind as Kind};
+            matches!(
+                e.downcast_ref::<ConsumerInfoError>().map(|e| e.kind()),
+                Some(Kind::TimedOut | Kind::NoResponders | Kind::Offline | Kind::Request)
             )
         },
     )
