@@ -605,3 +605,48 @@ async fn a_worker_whose_consumer_does_not_exist_stops_at_once_naming_it() {
         "{e}"
     );
 }
+
+#[tokio::test]
+async fn a_message_pulled_after_shutdown_began_is_handled_once_not_handed_back_in_a_loop() {
+    let nats = Nats::start().await;
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let h = handler({
+        let seen = seen.clone();
+        move |d: Delivery| {
+            let seen = seen.clone();
+            async move {
+                seen.lock().unwrap().push(d.delivered);
+                Outcome::Ack
+            }
+        }
+    });
+    // A pull that stays open well past the shutdown, and a grace that outlasts it.
+    let cfg = WorkerConfig {
+        pull_expires: Duration::from_secs(3),
+        shutdown_grace: Duration::from_secs(10),
+        ..fast_config()
+    };
+    let w = spawn_worker(&nats.topology, h, cfg);
+    let waiting = || async {
+        let mut c: async_nats::jetstream::consumer::PullConsumer = nats
+            .topology
+            .events
+            .get_consumer(NOTIFIER.name)
+            .await
+            .unwrap();
+        c.info().await.unwrap().num_waiting
+    };
+    eventually(LONG, "the worker's pull open", || async {
+        (waiting().await > 0).then_some(())
+    })
+    .await;
+    // Shutdown begins; then a message arrives, into the pull still open. Handed back at
+    // once, it would land in that same pull again (it has room) and burn a delivery each
+    // time, up to the dead-letter limit.
+    w.shutdown.cancel();
+    publish_n(&nats, 1).await;
+    w.task.await.unwrap();
+    assert_eq!(*seen.lock().unwrap(), vec![1], "deliveries the handler saw");
+    assert!(consumer_idle(&nats).await, "the message is acked");
+    assert_eq!(nats.stream_len(DLQ_STREAM).await, 0);
+}

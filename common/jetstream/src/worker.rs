@@ -393,9 +393,16 @@ async fn read_batch<H: Handler>(
     let mut failed = false;
     while let Some(next) = batch.next().await {
         match next {
-            Ok(msg) if shutdown.is_cancelled() => {
-                // Pulled just as shutdown began: hand it straight back.
-                let _ = msg.ack_with(AckKind::Nak(None)).await;
+            // A message pulled after shutdown began is handled like any other (its pull
+            // holds a slot for it, and the drain waits for it). Handed back at once, it
+            // landed in this same pull again (it still has room) and burnt a delivery
+            // each time: 13 in two seconds, then the dead-letter queue.
+            Ok(msg) if shared.hard_stop.is_cancelled() => {
+                // The grace is over: hand it back, but only once this pull has expired,
+                // so that another replica takes it instead of this pull.
+                let _ = msg
+                    .ack_with(AckKind::Nak(Some(shared.cfg.pull_expires)))
+                    .await;
             }
             Ok(msg) => {
                 received += 1;
