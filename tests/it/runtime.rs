@@ -40,6 +40,10 @@ fn fast_config() -> WorkerConfig {
             base: Duration::from_millis(100),
             cap: Duration::from_secs(1),
         },
+        wait: tars_jetstream::wait::WaitPolicy {
+            base: Duration::from_millis(100),
+            cap: Duration::from_millis(400),
+        },
         pull_expires: Duration::from_millis(500),
         shutdown_grace: Duration::from_millis(300),
         progress_interval: Duration::from_secs(5),

@@ -96,6 +96,8 @@ impl WorkerArgs {
             max_deliver: 10,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(300),
+            wait_base: Duration::from_secs(1),
+            wait_max: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(15),
         }
     }
@@ -122,6 +124,13 @@ pub struct WorkerArgs {
     /// The longest delay between retries.
     #[arg(long, env = "WORKER_RETRY_MAX", default_value = "5m", value_parser = parse_duration)]
     pub retry_max: Duration,
+    /// How long a message waiting out an outage of Slack or the governance API waits
+    /// before the first probe; each failed probe doubles it. Waiting spends no delivery.
+    #[arg(long, env = "WORKER_WAIT_BASE", default_value = "1s", value_parser = parse_duration)]
+    pub wait_base: Duration,
+    /// The longest wait between two probes of a dependency that does not answer.
+    #[arg(long, env = "WORKER_WAIT_MAX", default_value = "1m", value_parser = parse_duration)]
+    pub wait_max: Duration,
     /// How long a stopping worker lets running handlers finish before it gives their
     /// messages back: longer than the slowest external call (Slack and governance calls
     /// time out after 10 s), so a post in flight ends before the process does.
@@ -138,6 +147,10 @@ impl WorkerArgs {
             retry: crate::worker::RetryPolicy {
                 base: self.retry_base,
                 cap: self.retry_max.max(self.retry_base),
+            },
+            wait: crate::wait::WaitPolicy {
+                base: self.wait_base,
+                cap: self.wait_max.max(self.wait_base),
             },
             shutdown_grace: self.shutdown_grace,
             ..WorkerConfig::default()

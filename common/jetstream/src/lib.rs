@@ -11,6 +11,7 @@
 //! | [`publish`] | events to `TARS_EVENTS`, acked, with `Nats-Msg-Id` |
 //! | [`retry`] | riding out a reconnect or leader election for a few seconds |
 //! | [`relay`] | publishes the events in record outboxes, tailing the bucket's stream |
+//! | [`wait`] | waiting out a dependency's outage: one probe per gate, no delivery spent |
 //! | [`worker`] | pull, handle, ack / retry / dead-letter: one function owns a message's fate |
 //! | [`service`] | a worker process's start-up and shutdown sequence |
 //! | [`config`] | the settings every process and every worker shares |
@@ -25,4 +26,5 @@ pub mod retry;
 pub mod service;
 pub mod store;
 pub mod topology;
+pub mod wait;
 pub mod worker;

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 
 use crate::topology::{DLQ_STREAM, Topology, WorkerKind};
+use crate::wait::{Outages, Turn, WaitPolicy};
 use tars_domain::events::Envelope;
 use tars_observability::metrics::Metrics;
 use tars_observability::trace::{self, TraceContext};
@@ -56,6 +57,27 @@ pub enum Outcome {
         /// Why, recorded in `Tars-Dlq-Reason`.
         reason: String,
     },
+    /// Not a failure: the message must wait (a dependency is out, or another holder has
+    /// its turn). The runtime keeps it (in-progress acks; no delivery is spent, so a wait
+    /// never leads to a dead letter) and runs the handler again when its turn comes.
+    Wait {
+        /// What it waits for.
+        on: Waiting,
+        /// For the log.
+        reason: String,
+    },
+}
+
+/// What a message waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// A dependency that does not answer (no answer, a timeout, a 5xx, a 429): `slack`,
+    /// `governance` or `nats`. Every message of the worker waiting on it shares one gate
+    /// ([`crate::wait::Outages`]): one probes, the others wait for its answer.
+    Outage(&'static str),
+    /// Another holder has this message's turn (the notifier's posting lease): look again
+    /// after at most this long.
+    Turn(Duration),
 }
 
 impl Outcome {
@@ -73,6 +95,38 @@ impl Outcome {
             reason: reason.into(),
         }
     }
+
+    /// What a store error means for a message: NATS not answering is an outage (waited
+    /// out), contention is retried, anything else dead-letters; a record that does not
+    /// exist is `missing`'s call (a stale read to retry, or an order for nothing).
+    pub fn of_store_error(
+        e: crate::store::StoreError,
+        missing: impl FnOnce(&tars_domain::RequestId) -> Self,
+    ) -> Self {
+        use crate::store::StoreError;
+        match e {
+            StoreError::NotFound(id) => missing(&id),
+            e @ StoreError::Unavailable(_) => Self::outage("nats", e.to_string()),
+            e if e.is_transient() => Self::retry(e.to_string()),
+            e => Self::dead_letter(e.to_string()),
+        }
+    }
+
+    /// An outage of `dependency`: wait it out.
+    pub fn outage(dependency: &'static str, reason: impl Into<String>) -> Self {
+        Self::Wait {
+            on: Waiting::Outage(dependency),
+            reason: reason.into(),
+        }
+    }
+
+    /// Another holder's turn: look again after at most `within`.
+    pub fn wait_turn(within: Duration, reason: impl Into<String>) -> Self {
+        Self::Wait {
+            on: Waiting::Turn(within),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// One delivery of an event, as a handler sees it.
@@ -84,6 +138,9 @@ pub struct Delivery {
     pub subject: String,
     /// Which delivery this is (1 = first).
     pub delivered: u64,
+    /// How many times the handler has run for this delivery (1 = first): a message that
+    /// waited out an outage is handled again without a new delivery.
+    pub run: u32,
     /// True when a `Retry` now would dead-letter instead, so a handler can record the
     /// failure in the request's state first.
     pub last_attempt: bool,
@@ -170,6 +227,8 @@ pub struct WorkerConfig {
     pub max_deliver: u64,
     /// Retry delays.
     pub retry: RetryPolicy,
+    /// How often a message waiting out an outage probes the dependency.
+    pub wait: WaitPolicy,
     /// How long a pull waits for messages; also bounds how long shutdown waits for a pull.
     pub pull_expires: Duration,
     /// How long shutdown lets running handlers finish before nak-ing them.
@@ -187,6 +246,7 @@ impl Default for WorkerConfig {
             concurrency: 32,
             max_deliver: 10,
             retry: RetryPolicy::default(),
+            wait: WaitPolicy::default(),
             pull_expires: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             progress_interval: Duration::from_secs(10),
@@ -222,12 +282,18 @@ struct Shared<H> {
     hard_stop: CancellationToken,
     /// This worker's series, looked up once instead of hashed per message.
     series: Series,
+    /// The gates of the dependencies this worker's messages wait on.
+    outages: Outages,
+    /// Shutdown has begun: waiting messages are handed back at once.
+    stopping: CancellationToken,
 }
 
 /// The metric series a worker moves for every message.
 struct Series {
     acked: prometheus::IntCounter,
     retried: prometheus::IntCounter,
+    waited: prometheus::IntCounter,
+    waiting: prometheus::IntGauge,
     duration: prometheus::Histogram,
 }
 
@@ -238,6 +304,8 @@ impl Series {
             retried: metrics
                 .worker_messages
                 .with_label_values(&[worker, "retry"]),
+            waited: metrics.worker_messages.with_label_values(&[worker, "wait"]),
+            waiting: metrics.worker_waiting.with_label_values(&[worker]),
             duration: metrics.worker_duration.with_label_values(&[worker]),
         }
     }
@@ -276,6 +344,7 @@ pub async fn run<H: Handler>(
     // In-progress acks must come well inside the consumer's ack_wait, whatever it is.
     let ack_wait = consumer.cached_info().config.ack_wait;
     let mut cfg = cfg;
+    let cfg_wait = cfg.wait;
     if !ack_wait.is_zero() {
         cfg.progress_interval = cfg.progress_interval.min(ack_wait / 3);
     }
@@ -289,6 +358,8 @@ pub async fn run<H: Handler>(
         consumer: consumer.clone(),
         hard_stop: CancellationToken::new(),
         series: Series::new(&metrics, kind.name),
+        outages: Outages::new(kind.name, cfg_wait, metrics.clone()),
+        stopping: shutdown.clone(),
     });
     let slots = Arc::new(Semaphore::new(concurrency));
     let lag = tokio::spawn(report_lag(
@@ -497,12 +568,13 @@ async fn process<H: Handler>(
                         envelope,
                         subject: msg.subject.to_string(),
                         delivered,
+                        run: 1,
                         last_attempt: delivered >= shared.cfg.max_deliver,
                         stream_seq,
                     };
-                    match run_handler(&shared, &msg, delivery).await {
+                    match handle_waiting(&shared, &msg, delivery).await {
                         Some(o) => o,
-                        None => return, // abandoned at shutdown, already nak-ed
+                        None => return, // handed back at shutdown, already nak-ed
                     }
                 }
             }
@@ -514,6 +586,98 @@ async fn process<H: Handler>(
         settle(&shared, &msg, delivered, stream_seq, outcome).await;
     };
     trace::scope(trace, work.instrument(span)).await
+}
+
+/// Runs the handler until it says something other than "wait": a message that waits is
+/// held (in-progress acks, no delivery spent) until its turn comes, then handled again.
+/// `None` if shutdown took it back.
+async fn handle_waiting<H: Handler>(
+    shared: &Shared<H>,
+    msg: &jetstream::Message,
+    mut delivery: Delivery,
+) -> Option<Outcome> {
+    // The outage this message waits on, and whether it is the gate's probe.
+    let mut waiting_on: Option<(&'static str, bool)> = None;
+    let mut turns: u32 = 0;
+    loop {
+        let outcome = match run_handler(shared, msg, delivery.clone()).await {
+            Some(o) => {
+                delivery.run = delivery.run.saturating_add(1);
+                o
+            }
+            None => {
+                if let Some((dep, true)) = waiting_on {
+                    shared.outages.probe_abandoned(dep);
+                }
+                return None;
+            }
+        };
+        let Outcome::Wait { on, reason } = outcome else {
+            if let Some((dep, _)) = waiting_on {
+                // An answer, whatever it says: the dependency is back.
+                shared.outages.recovered(dep);
+            }
+            return Some(outcome);
+        };
+        shared.series.waited.inc();
+        shared.series.waiting.inc();
+        let resumed = match on {
+            Waiting::Outage(dep) => {
+                let probe = waiting_on.is_some_and(|(d, p)| d == dep && p);
+                shared.outages.failed(dep, probe, &reason);
+                let turn = hold(shared, msg, shared.outages.turn(dep)).await;
+                if let Some(turn) = turn {
+                    waiting_on = Some((dep, turn == Turn::Probe));
+                }
+                turn.is_some()
+            }
+            Waiting::Turn(within) => {
+                turns = turns.saturating_add(1);
+                // Look again soon at first, then less often: the holder usually finishes
+                // in moments, but may be waiting on Slack's pacing for minutes.
+                let backoff = Duration::from_millis(50)
+                    .saturating_mul(2u32.saturating_pow(turns.min(16)))
+                    .min(Duration::from_secs(2));
+                tracing::debug!(%reason, "waiting for another holder's turn");
+                hold(shared, msg, tokio::time::sleep(backoff.min(within)))
+                    .await
+                    .is_some()
+            }
+        };
+        shared.series.waiting.dec();
+        if !resumed {
+            // Stopping: hand it back after a pull's expiry, so another replica takes it
+            // (the one delivery a restart costs).
+            if let Some((dep, true)) = waiting_on {
+                shared.outages.probe_abandoned(dep);
+            }
+            let _ = msg
+                .ack_with(AckKind::Nak(Some(shared.cfg.pull_expires)))
+                .await;
+            shared.series.retried.inc();
+            return None;
+        }
+    }
+}
+
+/// Runs `wait` while keeping `msg` (in-progress acks); `None` if shutdown began first.
+async fn hold<H, T>(
+    shared: &Shared<H>,
+    msg: &jetstream::Message,
+    wait: impl Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(wait);
+    let period = shared.cfg.progress_interval;
+    let mut progress = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    loop {
+        tokio::select! {
+            done = &mut wait => return Some(done),
+            _ = progress.tick() => {
+                let _ = msg.ack_with(AckKind::Progress).await;
+            }
+            _ = shared.stopping.cancelled() => return None,
+        }
+    }
 }
 
 /// Runs the handler (a panic becomes a retry), sending in-progress acks while it runs;
@@ -593,6 +757,13 @@ async fn settle<H>(
         }
         Outcome::DeadLetter { reason } => {
             dead_letter(shared, msg, delivered, stream_seq, &reason).await;
+        }
+        // Waits end in the handler loop; one that reaches here (none does) is kept.
+        Outcome::Wait { reason, .. } => {
+            let delay = shared.cfg.retry.delay(1);
+            info!(%reason, ?delay, "waiting: handing the message back");
+            let _ = msg.ack_with(AckKind::Nak(Some(delay))).await;
+            count("retry");
         }
     }
 }

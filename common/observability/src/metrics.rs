@@ -58,6 +58,16 @@ pub struct Inner {
     /// started (`expiry_warning`), direct messages sent (`dm`) and thread replies posted
     /// (`thread`).
     pub notifications: prometheus::IntCounterVec,
+    /// `tars_dependency_waiting_since_seconds{worker,dependency}`: when (Unix seconds) the
+    /// worker began waiting out an outage of `dependency` (`slack`, `governance`, `nats`),
+    /// 0 while it answers. An outage is waited out, never failed, so this is where it shows.
+    pub dependency_waiting_since: prometheus::GaugeVec,
+    /// `tars_worker_waiting_messages{worker}`: messages a worker holds while they wait (on
+    /// a dependency, or for another holder's turn) without spending a delivery.
+    pub worker_waiting: IntGaugeVec,
+    /// `tars_slack_duplicate_risk_total`: posts sent although an earlier one may have
+    /// landed, because Slack refused the look-up that would have told (a missing scope).
+    pub slack_duplicate_risk: prometheus::IntCounter,
 }
 
 impl std::ops::Deref for Metrics {
@@ -166,6 +176,42 @@ impl Metrics {
                 "Reminders and expiry warnings started, direct messages and thread replies sent",
                 &["kind"],
             ),
+            dependency_waiting_since: {
+                let g = prometheus::GaugeVec::new(
+                    Opts::new(
+                        "tars_dependency_waiting_since_seconds",
+                        "When the worker began waiting out an outage of the dependency (Unix seconds; 0: it answers)",
+                    ),
+                    &["worker", "dependency"],
+                )
+                .unwrap_or_else(|e| panic!("tars_dependency_waiting_since_seconds: {e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("tars_dependency_waiting_since_seconds: {e}"));
+                g
+            },
+            worker_waiting: {
+                let g = IntGaugeVec::new(
+                    Opts::new(
+                        "tars_worker_waiting_messages",
+                        "Messages held while they wait on a dependency or a turn (no delivery spent)",
+                    ),
+                    &["worker"],
+                )
+                .unwrap_or_else(|e| panic!("tars_worker_waiting_messages: {e}"));
+                r.register(Box::new(g.clone()))
+                    .unwrap_or_else(|e| panic!("tars_worker_waiting_messages: {e}"));
+                g
+            },
+            slack_duplicate_risk: {
+                let c = prometheus::IntCounter::new(
+                    "tars_slack_duplicate_risk_total",
+                    "Posts sent although an earlier one may have landed (Slack refused the look-up)",
+                )
+                .unwrap_or_else(|e| panic!("tars_slack_duplicate_risk_total: {e}"));
+                r.register(Box::new(c.clone()))
+                    .unwrap_or_else(|e| panic!("tars_slack_duplicate_risk_total: {e}"));
+                c
+            },
             dead_letters: counter(
                 r,
                 "tars_dead_letters_total",

@@ -26,11 +26,9 @@ pub struct Worker {
 }
 
 fn store_outcome(e: StoreError) -> Outcome {
-    match e {
-        StoreError::NotFound(id) => Outcome::dead_letter(format!("request {id} does not exist")),
-        e if e.is_transient() => Outcome::retry(e.to_string()),
-        e => Outcome::dead_letter(e.to_string()),
-    }
+    Outcome::of_store_error(e, |id| {
+        Outcome::dead_letter(format!("request {id} does not exist"))
+    })
 }
 
 impl Worker {

@@ -23,11 +23,9 @@ pub struct Worker {
 }
 
 fn store_outcome(e: StoreError) -> Outcome {
-    match e {
-        StoreError::NotFound(id) => Outcome::dead_letter(format!("request {id} does not exist")),
-        e if e.is_transient() => Outcome::retry(e.to_string()),
-        e => Outcome::dead_letter(e.to_string()),
-    }
+    Outcome::of_store_error(e, |id| {
+        Outcome::dead_letter(format!("request {id} does not exist"))
+    })
 }
 
 impl Worker {
@@ -69,7 +67,7 @@ impl Worker {
         self.publisher
             .emit_all(id, &step.effects, cause, now)
             .await
-            .map_err(|e| Outcome::retry(e.to_string()))?;
+            .map_err(|e| Outcome::outage("nats", e.to_string()))?;
         Ok(step
             .effects
             .into_iter()
@@ -78,7 +76,7 @@ impl Worker {
     }
 
     /// Carries out a grant order; `first` says no earlier delivery of it ran.
-    async fn apply(&self, id: &RequestId, first: bool, last_attempt: bool, cause: u64) -> Outcome {
+    async fn apply(&self, id: &RequestId, first: bool, cause: u64) -> Outcome {
         let effects = match self.step(id, Command::StartGrant, cause).await {
             Ok(effects) => effects,
             Err(outcome) => return outcome,
@@ -92,21 +90,14 @@ impl Worker {
         match grant {
             Some(m) => {
                 fail::fail_point!("grant.before_call");
-                self.grant(id, &m, first, last_attempt, cause).await
+                self.grant(id, &m, first, cause).await
             }
             None => Outcome::Ack,
         }
     }
 
     /// Calls the governance API for `m` and steps the machine with its answer.
-    async fn grant(
-        &self,
-        id: &RequestId,
-        m: &Membership,
-        first: bool,
-        last_attempt: bool,
-        cause: u64,
-    ) -> Outcome {
+    async fn grant(&self, id: &RequestId, m: &Membership, first: bool, cause: u64) -> Outcome {
         let group = m.group();
         let granted = self
             .governance
@@ -139,23 +130,18 @@ impl Worker {
                 tracing::warn!(%group, error = %e, "governance refused");
                 e
             }
-            Err(e @ GovernanceError::Transient(_)) if last_attempt => {
-                tracing::warn!(%group, error = %e, "governance unreachable; retries exhausted");
-                e
-            }
+            // An outage is waited out however long it lasts (Guarantee 1): the message is
+            // held, no delivery is spent, and it never ends `failed`.
             Err(GovernanceError::Transient(reason)) => {
                 self.metrics
                     .external_retries
                     .with_label_values(&["governance"])
                     .inc();
-                return Outcome::retry(reason);
+                return Outcome::outage("governance", reason);
             }
         };
         // The requester and Slack see a plain reason; the dead letter keeps the detail.
-        let detail = match &error {
-            GovernanceError::Transient(d) => format!("retries exhausted: {d}"),
-            e => e.to_string(),
-        };
+        let detail = error.to_string();
         let reason = error.user_reason();
         // `failed` is recorded, then the message is dead-lettered so an admin can replay
         // it once the cause is fixed.
@@ -176,7 +162,7 @@ impl Worker {
     /// Carries out a revocation order: one governance call (or none, for a membership
     /// TARS did not add), then `revoked`. A refusal dead-letters the order and leaves the
     /// request `revoking`, so an admin sees it and can replay it.
-    async fn revoke(&self, id: &RequestId, last_attempt: bool, cause: u64) -> Outcome {
+    async fn revoke(&self, id: &RequestId, cause: u64) -> Outcome {
         let effects = match self.step(id, Command::StartRevoke, cause).await {
             Ok(effects) => effects,
             Err(outcome) => return outcome,
@@ -221,12 +207,12 @@ impl Worker {
                     Err(o) => o,
                 }
             }
-            Err(GovernanceError::Transient(reason)) if !last_attempt => {
+            Err(GovernanceError::Transient(reason)) => {
                 self.metrics
                     .external_retries
                     .with_label_values(&["governance"])
                     .inc();
-                Outcome::retry(reason)
+                Outcome::outage("governance", reason)
             }
             Err(e) => {
                 tracing::error!(tenant = %m.tenant, user = %m.user, error = %e, "removing access failed; the order is dead-lettered and the request stays revoking");
@@ -243,16 +229,14 @@ impl Handler for Worker {
             Event::RequestApproved { .. } => {
                 self.apply(
                     &id,
-                    delivery.delivered <= 1,
-                    delivery.last_attempt,
+                    // Neither an earlier delivery nor an earlier run of this one (a
+                    // call that timed out while the API was failing) may have added it.
+                    delivery.delivered <= 1 && delivery.run <= 1,
                     delivery.stream_seq,
                 )
                 .await
             }
-            Event::RequestRevoking { .. } => {
-                self.revoke(&id, delivery.last_attempt, delivery.stream_seq)
-                    .await
-            }
+            Event::RequestRevoking { .. } => self.revoke(&id, delivery.stream_seq).await,
             other => Outcome::dead_letter(format!(
                 "the governance-applier does not handle {}",
                 other.kind()
