@@ -424,6 +424,28 @@ async fn a_notifier_that_dies_after_posting_leaves_one_message() {
     scenario.teardown();
 }
 
+#[tokio::test]
+async fn a_store_outage_while_renewing_the_posting_lease_still_posts() {
+    let scenario = FailScenario::setup();
+    let s = quick_slack().await;
+    // The first post meets a 429 (Retry-After 2 s): the post waits its turn for longer
+    // than its 1.5 s lease, renewing every 0.5 s, and the store refuses the first five
+    // renewals after the first. Read as "the lease is not ours", the request was never
+    // posted (until its next event, typically a day later: here, never: it is not approved
+    // before its message shows).
+    fail::cfg("notify.renew", "1*off->5*return").unwrap();
+    s.slack.faults().method_next(
+        "chat.postMessage",
+        1,
+        tars_testkit::standin::faults::Fault::RateLimited(2),
+    );
+    let id = s.submit("renewing", "read_only").await;
+    message_about(&s, "renewing", "\"approve\"").await;
+    approve_and_see_it_granted(&s, &id, "renewing").await;
+    assert_eq!(s.slack.messages().len(), 1, "one message per request");
+    scenario.teardown();
+}
+
 /// Alice's read_only request on `tenant` for one hour, approved and applied; returns its
 /// id and when its access ends.
 async fn time_bound_grant(s: &Stack, tenant: &str) -> (String, time::OffsetDateTime) {

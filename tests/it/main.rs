@@ -8,6 +8,7 @@ mod growth;
 mod ingress;
 mod lifecycle;
 mod notices;
+mod outages;
 mod pipeline;
 mod policy;
 mod runtime;

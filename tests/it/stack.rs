@@ -90,6 +90,8 @@ pub struct Stack {
     slack_pacing: Option<f64>,
     slack_timeout: Duration,
     governance_api: tars_governance_applier::Api,
+    /// The notifier's metrics (the notifiers this stack starts count here).
+    pub notifier_metrics: Metrics,
 }
 
 /// Settings of every service in a test stack; a short `ack_wait` makes a killed worker's
@@ -108,6 +110,8 @@ pub fn worker_args() -> WorkerArgs {
     WorkerArgs {
         retry_base: Duration::from_millis(50),
         retry_max: Duration::from_secs(1),
+        wait_base: Duration::from_millis(50),
+        wait_max: Duration::from_millis(500),
         ..WorkerArgs::on(([127, 0, 0, 1], 0).into())
     }
 }
@@ -180,6 +184,7 @@ impl Stack {
             slack_pacing: opts.slack_pacing,
             slack_timeout: opts.slack_timeout,
             governance_api: opts.governance_api,
+            notifier_metrics: Metrics::new(),
         };
         if opts.workers {
             stack.start_notifier();
@@ -214,8 +219,9 @@ impl Stack {
             slack_timeout: self.slack_timeout,
         };
         let s = self.shutdown.clone();
+        let metrics = self.notifier_metrics.clone();
         self.tasks.push(tokio::spawn(async move {
-            tars_notifier::run(args, Metrics::new(), s).await.unwrap()
+            tars_notifier::run(args, metrics, s).await.unwrap()
         }));
     }
 

@@ -7,6 +7,7 @@
 //! | [`ids`] | tenant names, usernames, request ids, permissions, justifications: parsed once, legal as KV keys and subject tokens |
 //! | [`record`] | the request record and its statuses |
 //! | [`events`] | the versioned event envelope of `TARS_EVENTS` |
+//! | [`lease`] | the notifier's posting lease: claim, renew, release, keep, fenced by the attempt's name |
 //! | [`machine`] | `(record, command, now, policy) → (record', effects) | refusal`: every lifecycle rule, in one place |
 //! | [`policy`] | the approval policy file: approvers per tenant, N-of-M, auto-approval, channels, durations |
 //! | [`duration`] | humantime durations (`90s`, `12h`, `7d`) for configuration and requests |
@@ -17,6 +18,7 @@
 pub mod duration;
 pub mod events;
 pub mod ids;
+pub mod lease;
 pub mod machine;
 pub mod policy;
 pub mod record;

@@ -31,6 +31,10 @@ pub const METADATA_EVENT: &str = "tars_access_request";
 /// How many pages of channel history a lookup reads at most (200 messages each).
 const HISTORY_PAGES: usize = 3;
 
+/// The longest `Retry-After` honoured: Slack's are seconds to a minute; a larger one is
+/// read as this many seconds, so no answer can overflow time arithmetic.
+const MAX_RETRY_AFTER_SECS: u64 = 3600;
+
 /// The most jitter added to a wait, so calls released by one pause do not arrive at once.
 const MAX_JITTER: Duration = Duration::from_millis(200);
 
@@ -56,6 +60,57 @@ pub struct Posted {
     pub channel: String,
     /// Message timestamp (its id).
     pub ts: String,
+}
+
+/// A post's turn at its channel ([`SlackClient::post_turn`]).
+pub struct PostTurn<'a> {
+    client: &'a SlackClient,
+    channel: String,
+    _single_file: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl PostTurn<'_> {
+    /// Posts the message of request `request_id`, one call; returns where it lives.
+    ///
+    /// The message carries Slack `metadata` naming the request, so that after an ambiguous
+    /// failure [`SlackClient::find_posted`] can tell whether it landed. A rate limit pauses
+    /// the channel and is returned ([`SlackError::RateLimited`]: nothing was posted), so
+    /// the caller takes a new turn.
+    pub async fn post(
+        self,
+        text: &str,
+        blocks: &Value,
+        request_id: &str,
+    ) -> Result<Posted, SlackError> {
+        let body = json!({
+            "channel": self.channel, "text": text, "blocks": blocks, "unfurl_links": false,
+            "metadata": {"event_type": METADATA_EVENT, "event_payload": {"request_id": request_id}},
+        });
+        let a = self.client.send("chat.postMessage", &body).await;
+        if let Err(SlackError::RateLimited(wait)) = &a {
+            self.client
+                .limited("chat.postMessage", &self.channel, *wait);
+        }
+        let a = a?;
+        match (a.channel, a.ts) {
+            (Some(channel), Some(ts)) => Ok(Posted { channel, ts }),
+            _ => Err(SlackError::Transient(
+                "postMessage answer without channel/ts".into(),
+            )),
+        }
+    }
+}
+
+/// What a look for a request's message in a channel found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// The message is there.
+    Found(Posted),
+    /// It is not (in the pages read).
+    NotFound,
+    /// Slack refused the look-up (the app lacks `channels:history`, is not in the channel,
+    /// ...): whether the message is there cannot be known.
+    Refused(String),
 }
 
 /// The Slack Web API client; cheap to clone (the pause gate is shared).
@@ -153,6 +208,7 @@ fn is_permanent(code: &str) -> bool {
             | "expired_trigger_id"
             | "exchanged_trigger_id"
             | "view_too_large"
+            | "unknown_method"
     )
 }
 
@@ -232,31 +288,17 @@ impl SlackClient {
             .inc_by(d.as_secs_f64());
     }
 
-    /// Posts the message of request `request_id`; returns where it lives.
-    ///
-    /// The message carries Slack `metadata` naming the request, so that after an ambiguous
-    /// failure [`SlackClient::find_posted`] can tell whether it landed. A rate limit is
-    /// returned, not waited out here ([`SlackError::RateLimited`]: nothing was posted), so
-    /// the caller can give up its claim while it waits its turn again; every other call
-    /// through the gate waits.
-    pub async fn post_message(
-        &self,
-        channel: &str,
-        text: &str,
-        blocks: &Value,
-        request_id: &str,
-    ) -> Result<Posted, SlackError> {
+    /// Waits for a post's turn at `channel`: until no rate limit pauses it, the optional
+    /// pacing slot is taken and, while the channel cools down after a limit, the single
+    /// file place is held. The caller sends with [`PostTurn::post`]; in between it may
+    /// renew a lease, so that the post goes out within it however long the wait was.
+    pub async fn post_turn(&self, channel: &str) -> PostTurn<'_> {
         self.pace(channel).await;
-        let body = json!({
-            "channel": channel, "text": text, "blocks": blocks, "unfurl_links": false,
-            "metadata": {"event_type": METADATA_EVENT, "event_payload": {"request_id": request_id}},
-        });
-        let a = self.call_once("chat.postMessage", channel, &body).await?;
-        match (a.channel, a.ts) {
-            (Some(channel), Some(ts)) => Ok(Posted { channel, ts }),
-            _ => Err(SlackError::Transient(
-                "postMessage answer without channel/ts".into(),
-            )),
+        let single_file = self.pass_gate(channel).await;
+        PostTurn {
+            client: self,
+            channel: channel.to_owned(),
+            _single_file: single_file,
         }
     }
 
@@ -390,15 +432,18 @@ impl SlackClient {
 
     /// Looks in `channel`'s history since `oldest` (Unix seconds) for the message of
     /// `request_id`, by its metadata: the answer to "did the post whose reply was lost
-    /// land?". Reads at most a few pages, newest first.
+    /// land?". Reads at most a few pages, newest first. A rate-limited page is waited for
+    /// and read again (a limit is no answer); a refused look-up says so
+    /// ([`Lookup::Refused`]); an outage is an error.
     pub async fn find_posted(
         &self,
         channel: &str,
         request_id: &str,
         oldest: i64,
-    ) -> Result<Option<Posted>, SlackError> {
+    ) -> Result<Lookup, SlackError> {
         let mut cursor: Option<String> = None;
-        for _ in 0..HISTORY_PAGES {
+        let mut pages = 0;
+        while pages < HISTORY_PAGES {
             let _single_file = self.pass_gate(channel).await;
             let mut query = vec![
                 ("channel", channel.to_owned()),
@@ -418,17 +463,22 @@ impl SlackClient {
                     self.limited("conversations.history", channel, wait);
                     continue;
                 }
+                Err(SlackError::Permanent(why)) => return Ok(Lookup::Refused(why)),
                 other => other?,
             };
+            pages += 1;
             let found = page.messages.iter().find(|m| {
                 m["metadata"]["event_type"] == METADATA_EVENT
                     && m["metadata"]["event_payload"]["request_id"] == request_id
             });
             if let Some(m) = found {
-                return Ok(m["ts"].as_str().map(|ts| Posted {
-                    channel: channel.to_owned(),
-                    ts: ts.to_owned(),
-                }));
+                return Ok(match m["ts"].as_str() {
+                    Some(ts) => Lookup::Found(Posted {
+                        channel: channel.to_owned(),
+                        ts: ts.to_owned(),
+                    }),
+                    None => Lookup::NotFound,
+                });
             }
             cursor = page
                 .response_metadata
@@ -438,7 +488,7 @@ impl SlackClient {
                 break;
             }
         }
-        Ok(None)
+        Ok(Lookup::NotFound)
     }
 
     fn limited(&self, method: &str, channel: &str, wait: Duration) {
@@ -523,7 +573,8 @@ impl SlackClient {
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs)
+                // Bounded, so that no answer can overflow the gate's clock arithmetic.
+                .map(|s| Duration::from_secs(s.min(MAX_RETRY_AFTER_SECS)))
                 .unwrap_or(Duration::from_secs(1));
             return Err(SlackError::RateLimited(wait));
         }

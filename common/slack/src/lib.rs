@@ -15,4 +15,4 @@ pub mod config;
 pub mod notices;
 pub mod signature;
 
-pub use client::{Posted, SlackClient, SlackError};
+pub use client::{Lookup, PostTurn, Posted, SlackClient, SlackError};

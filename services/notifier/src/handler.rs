@@ -8,12 +8,13 @@
 use std::time::Duration;
 
 use tars_domain::events::Event;
-use tars_domain::{RequestId, RequestRecord, RequestStatus, SlackClaim, SlackMessageRef, now};
+use tars_domain::lease::{self, Claimed, Held, Kept};
+use tars_domain::{RequestId, RequestRecord, RequestStatus, SlackMessageRef, now};
 use tars_jetstream::service::Connected;
 use tars_jetstream::store::{Change, RequestStore, StoreError, Versioned};
 use tars_jetstream::worker::{Delivery, Handler, Outcome};
 use tars_observability::metrics::Metrics;
-use tars_slack::{SlackClient, SlackError, blocks, notices};
+use tars_slack::{Lookup, SlackClient, SlackError, blocks, notices};
 
 /// How long a Slack user found (or not found) by e-mail is remembered.
 const USER_CACHE_TTL: Duration = Duration::from_secs(3600);
@@ -36,32 +37,31 @@ pub struct Worker {
     metrics: Metrics,
 }
 
+/// A refusal dead-letters; Slack not answering (or asking to slow down) is an outage,
+/// waited out without spending deliveries (Guarantees 1 and 2).
 fn slack_outcome(e: SlackError) -> Outcome {
     match e {
         SlackError::Permanent(m) => Outcome::dead_letter(m),
-        SlackError::RateLimited(d) => Outcome::Retry {
-            reason: "Slack rate limit".into(),
-            delay: Some(d),
-        },
-        SlackError::Transient(m) => Outcome::retry(m),
+        SlackError::RateLimited(d) => {
+            Outcome::outage("slack", format!("Slack rate limit: retry after {d:?}"))
+        }
+        SlackError::Transient(m) => Outcome::outage("slack", m),
     }
+}
+
+/// What an event whose posting lease another attempt took over does: nothing more for
+/// the post (the holder posts and shows the current record).
+fn lost_lease() -> Outcome {
+    tracing::info!("the posting lease was taken over: its holder posts");
+    Outcome::Ack
 }
 
 fn store_outcome(e: StoreError) -> Outcome {
-    match e {
-        // The record is written before its first event is published, so a missing one is
-        // a stale read on a replica: try again.
-        StoreError::NotFound(id) => Outcome::retry(format!("request {id} not found yet")),
-        e if e.is_transient() => Outcome::retry(e.to_string()),
-        e => Outcome::dead_letter(e.to_string()),
-    }
-}
-
-enum Claim {
-    /// Ours; `Some(since)` when an earlier lease may have posted since then.
-    Ours(Option<time::OffsetDateTime>),
-    Posted,
-    Busy(Duration),
+    // The record is written before its first event is published, so a missing one is a
+    // stale read on a replica: try again.
+    Outcome::of_store_error(e, |id| {
+        Outcome::retry(format!("request {id} not found yet"))
+    })
 }
 
 impl Worker {
@@ -185,7 +185,9 @@ impl Worker {
         .await
     }
 
-    async fn show(&self, id: &RequestId, delivered: u64) -> Outcome {
+    /// Shows the request in Slack: posts its message once (under the posting lease), or
+    /// updates the message already posted.
+    async fn show(&self, id: &RequestId) -> Outcome {
         let read = match self.store.get(id).await {
             Ok(Some(v)) => v,
             Ok(None) => return store_outcome(StoreError::NotFound(id.clone())),
@@ -200,8 +202,7 @@ impl Worker {
             .approval_channel
             .clone()
             .unwrap_or_else(|| self.channel.clone());
-        // Wait out a rate-limit pause first: the claim then covers only the post (and its
-        // pacing slot), so it never ages past its lease while the channel is paused.
+        // Wait out a rate-limit pause before claiming, so the lease is not held through it.
         self.slack.wait_turn(&channel).await;
         // One lease per attempt, not per process: two events of one request handled at
         // once by the same replica must not both post.
@@ -216,59 +217,58 @@ impl Worker {
         let claimed = self
             .store
             .modify_from(id, Some(read), |r| {
-                if r.slack.is_some() {
-                    return Change::Keep(Claim::Posted);
+                match lease::claim(r, &me, now(), lease) {
+                    c @ Claimed::Ours { .. } => Change::Write(c),
+                    other => Change::Keep(other),
                 }
-                let at = now();
-                let mut look_since = None;
-                if let Some(c) = &r.slack_claim {
-                    let age = (at - c.at).unsigned_abs();
-                    if age < lease && !c.unsure {
-                        // Usually the holder finishes in moments; if it died, the growing
-                        // waits reach the lease's end within a few deliveries.
-                        let wait = Duration::from_secs(delivered.max(1)).min(lease);
-                        return Change::Keep(Claim::Busy(lease.saturating_sub(age).min(wait)));
-                    }
-                    // Expired or unsure: the earlier holder may have posted.
-                    look_since = Some(c.since.unwrap_or(c.at));
-                }
-                r.slack_claim = Some(SlackClaim {
-                    by: me.clone(),
-                    at,
-                    since: look_since.or(Some(at)),
-                    unsure: false,
-                });
-                Change::Write(Claim::Ours(look_since))
             })
             .await;
-        let (claim, look_since) = match claimed {
-            Ok((Claim::Ours(since), v)) => (v, since),
-            Ok((Claim::Posted, v)) => {
-                return match &v.value.slack {
-                    Some(msg) => self.update(msg, &v.value).await,
-                    None => Outcome::retry("posted without a reference"),
-                };
+        match claimed {
+            Ok((Claimed::Ours { look_since }, claim)) => {
+                self.post(id, &channel, claim, &me, look_since).await
             }
-            Ok((Claim::Busy(wait), _)) => {
-                return Outcome::Retry {
-                    reason: "another notifier is posting".into(),
-                    delay: Some(wait),
-                };
+            Ok((Claimed::Posted(msg), v)) => self.update(&msg, &v.value).await,
+            // The request's later events wait for its post without spending deliveries,
+            // then show the record by an update.
+            Ok((Claimed::Busy(left), _)) => {
+                Outcome::wait_turn(left, "another notifier is posting this request")
             }
-            Err(e) => return store_outcome(e),
-        };
+            Err(e) => store_outcome(e),
+        }
+    }
+
+    /// Posts the message under `me`'s lease (looking first when an earlier holder may have
+    /// posted), renewing the lease while it waits for the channel and right before it
+    /// sends, so a post always goes out inside a live lease.
+    async fn post(
+        &self,
+        id: &RequestId,
+        channel: &str,
+        claim: Versioned<RequestRecord>,
+        me: &str,
+        look_since: Option<time::OffsetDateTime>,
+    ) -> Outcome {
         if let Some(since) = look_since {
             // A minute of slack for clocks that disagree.
             let oldest = since.unix_timestamp() - 60;
-            match self.slack.find_posted(&channel, id.as_str(), oldest).await {
-                Ok(Some(found)) => {
+            let looked = self
+                .renewing(id, me, self.slack.find_posted(channel, id.as_str(), oldest))
+                .await;
+            match looked {
+                Err(lost) => return lost,
+                Ok(Ok(Lookup::Found(found))) => {
                     tracing::info!(ts = %found.ts, "the earlier post had landed: keeping it");
                     let shown = self.render(&claim.value).await;
-                    return self.keep(id, claim, shown, &me, found).await;
+                    return self.keep(id, claim, shown, me, found).await;
                 }
-                Ok(None) => {}
-                Err(e) => {
-                    self.mark_unsure(id, &me).await;
+                Ok(Ok(Lookup::NotFound)) => {}
+                Ok(Ok(Lookup::Refused(why))) => {
+                    // A duplicate is recoverable, a request nobody sees is not.
+                    self.metrics.slack_duplicate_risk.inc();
+                    tracing::warn!(%why, "Slack refused the look-up for an earlier post (does the app have channels:history and is it in the channel?); posting again, which may duplicate it");
+                }
+                Ok(Err(e)) => {
+                    self.settle_lease(id, me, lease::mark_unsure).await;
                     return slack_outcome(e);
                 }
             }
@@ -276,39 +276,119 @@ impl Worker {
         let shown = self.render(&claim.value).await;
         let (text, blocks) = &shown;
         let posted = loop {
+            let turn = match self.renewing(id, me, self.slack.post_turn(channel)).await {
+                Ok(turn) => turn,
+                Err(lost) => return lost,
+            };
+            // The fence: the lease is renewed (and so still ours) right before the call,
+            // and lasts longer than the call can take.
+            if let Err(lost) = self.renew(id, me).await {
+                return lost;
+            }
             fail::fail_point!("notify.before_post");
-            let posted = self
-                .slack
-                .post_message(&channel, text, blocks, id.as_str())
-                .await;
+            let posted = turn.post(text, blocks, id.as_str()).await;
             fail::fail_point!("notify.after_post");
             match posted {
-                // Not posted: wait for the channel in place (a rate limit never uses up a
-                // delivery attempt), then renew the lease and try again. A lease lost
-                // meanwhile belongs to an attempt that looks before it posts.
-                Err(SlackError::RateLimited(_)) => {
-                    self.slack.wait_turn(&channel).await;
-                    if !self.renew(id, &me).await {
-                        return Outcome::Ack;
-                    }
-                }
+                // Not posted: the channel is paused; take a new turn (a rate limit never
+                // uses up a delivery).
+                Err(SlackError::RateLimited(_)) => continue,
                 other => break other,
             }
         };
         match posted {
-            Ok(p) => self.keep(id, claim, shown, &me, p).await,
-            Err(SlackError::RateLimited(_)) => {
-                Outcome::retry("unreachable: rate limits are waited out")
-            }
+            Ok(p) => self.keep(id, claim, shown, me, p).await,
             Err(e @ SlackError::Permanent(_)) => {
-                self.release(id, &me).await;
+                self.settle_lease(id, me, lease::release).await;
                 slack_outcome(e)
             }
             // A timeout or a lost answer may have posted: the next attempt looks first.
             Err(e) => {
-                self.mark_unsure(id, &me).await;
+                self.settle_lease(id, me, lease::mark_unsure).await;
                 slack_outcome(e)
             }
+        }
+    }
+
+    /// Runs `work` while renewing `me`'s lease every third of it; `Err` (the outcome to
+    /// return) when the lease turns out to be another's. A renewal the store cannot make
+    /// now is tried again at the next tick: only an answer can say the lease is lost.
+    async fn renewing<T>(
+        &self,
+        id: &RequestId,
+        me: &str,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, Outcome> {
+        tokio::pin!(work);
+        let every = (self.lease / 3).max(Duration::from_millis(10));
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                done = &mut work => return Ok(done),
+                _ = tick.tick() => match self.try_renew(id, me).await {
+                    Ok(Held::Ours) | Err(_) => {}
+                    Ok(Held::Lost) => return Err(lost_lease()),
+                },
+            }
+        }
+    }
+
+    /// Renews `me`'s lease, retrying store errors until the store answers.
+    async fn renew(&self, id: &RequestId, me: &str) -> Result<(), Outcome> {
+        let mut wait = Duration::from_millis(50);
+        loop {
+            match self.try_renew(id, me).await {
+                Ok(Held::Ours) => return Ok(()),
+                Ok(Held::Lost) => return Err(lost_lease()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "renewing the posting lease failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+    }
+
+    async fn try_renew(&self, id: &RequestId, me: &str) -> Result<Held, StoreError> {
+        fail::fail_point!("notify.renew", |_| Err(StoreError::Unavailable(
+            "fail point notify.renew".into()
+        )));
+        let renewed = self
+            .store
+            .modify(id, |r| match lease::renew(r, me, now()) {
+                Held::Ours => Change::Write(Held::Ours),
+                Held::Lost => Change::Keep(Held::Lost),
+            })
+            .await;
+        renewed.map(|(held, _)| held)
+    }
+
+    /// Marks or releases `me`'s lease after a failed post (`rule` is
+    /// [`lease::mark_unsure`] or [`lease::release`]), retrying store errors a few times.
+    /// A lease left as it was only delays the next attempt until it expires, and that
+    /// attempt looks before it posts.
+    async fn settle_lease(
+        &self,
+        id: &RequestId,
+        me: &str,
+        rule: fn(&mut RequestRecord, &str) -> bool,
+    ) {
+        let mut wait = Duration::from_millis(50);
+        for _ in 0..5 {
+            let done = self
+                .store
+                .modify(id, |r| {
+                    if rule(r, me) {
+                        Change::Write(())
+                    } else {
+                        Change::Keep(())
+                    }
+                })
+                .await;
+            if done.is_ok() {
+                return;
+            }
+            tokio::time::sleep(wait).await;
+            wait *= 2;
         }
     }
 
@@ -329,72 +409,23 @@ impl Worker {
         };
         let stored = self
             .store
-            .modify_from(id, Some(claim), |r| {
-                if r.slack.is_some() {
-                    return Change::Keep(());
-                }
-                r.slack = Some(msg.clone());
-                if r.slack_claim.as_ref().is_some_and(|c| c.by == me) {
-                    r.slack_claim = None;
-                }
-                Change::Write(())
+            .modify_from(id, Some(claim), |r| match lease::keep(r, me, &msg) {
+                Kept::Stored => Change::Write(Kept::Stored),
+                other => Change::Keep(other),
             })
             .await;
         match stored {
+            Ok((Kept::Lost, _)) => {
+                tracing::warn!(ts = %msg.ts, "posted, but the lease was taken over meanwhile: the new holder looks and finds this message");
+                Outcome::Ack
+            }
             Ok((_, now_rec)) if self.render(&now_rec.value).await != shown => {
-                self.update(&msg, &now_rec.value).await
+                let shown_in = now_rec.value.slack.clone().unwrap_or(msg);
+                self.update(&shown_in, &now_rec.value).await
             }
             Ok(_) => Outcome::Ack,
             Err(e) => store_outcome(e),
         }
-    }
-
-    /// Marks this attempt's lease unsure after a post that may have landed, so the next
-    /// attempt looks for the message before posting (and need not wait for the lease to
-    /// expire). Best effort: a lease left unmarked is looked behind once it expires.
-    async fn mark_unsure(&self, id: &RequestId, me: &str) {
-        let _ = self
-            .store
-            .modify(id, |r| match &mut r.slack_claim {
-                Some(c) if c.by == me => {
-                    c.unsure = true;
-                    Change::Write(())
-                }
-                _ => Change::Keep(()),
-            })
-            .await;
-    }
-
-    /// Renews this attempt's lease before it posts again; `false` if the lease is no
-    /// longer ours (another attempt took it over, or the message is stored).
-    async fn renew(&self, id: &RequestId, me: &str) -> bool {
-        let renewed = self
-            .store
-            .modify(id, |r| match &mut r.slack_claim {
-                Some(c) if c.by == me && r.slack.is_none() => {
-                    c.at = now();
-                    Change::Write(true)
-                }
-                _ => Change::Keep(false),
-            })
-            .await;
-        matches!(renewed, Ok((true, _)))
-    }
-
-    /// Gives up a lease after a post that certainly did not land, so the retry (by any
-    /// replica) need not wait for it to expire. Best effort: a lease left behind only
-    /// delays the retry.
-    async fn release(&self, id: &RequestId, claim: &str) {
-        let _ = self
-            .store
-            .modify(id, |r| match &r.slack_claim {
-                Some(c) if c.by == claim => {
-                    r.slack_claim = None;
-                    Change::Write(())
-                }
-                _ => Change::Keep(()),
-            })
-            .await;
     }
 
     async fn update(&self, msg: &SlackMessageRef, rec: &RequestRecord) -> Outcome {
@@ -444,7 +475,7 @@ fn replica_id() -> String {
 impl Handler for Worker {
     async fn handle(&self, delivery: Delivery) -> Outcome {
         let id = &delivery.envelope.request_id;
-        let shown = self.show(id, delivery.delivered).await;
+        let shown = self.show(id).await;
         if !matches!(shown, Outcome::Ack) {
             return shown;
         }

@@ -26,6 +26,8 @@ struct Inner {
     per_second: Option<usize>,
     recent: VecDeque<std::time::Instant>,
     rate_limited: usize,
+    /// Faults for the next calls of one method only (before the shared queue).
+    by_method: std::collections::HashMap<String, VecDeque<Fault>>,
 }
 
 /// The faults of one stand-in; cheap to clone.
@@ -58,6 +60,16 @@ impl Faults {
         }
     }
 
+    /// The next `n` calls of `method` (a Slack Web API method) meet `fault`; other
+    /// methods are not affected.
+    pub fn method_next(&self, method: &str, n: usize, fault: Fault) {
+        let mut g = self.lock();
+        let q = g.by_method.entry(method.to_owned()).or_default();
+        for _ in 0..n {
+            q.push_back(fault.clone());
+        }
+    }
+
     /// Every call waits this long first.
     pub fn set_latency(&self, d: Duration) {
         self.lock().latency = d;
@@ -75,9 +87,22 @@ impl Faults {
 
     /// Applies latency, then the next fault if any, as the response to send instead.
     pub async fn apply(&self, rate_limited_body: serde_json::Value) -> Option<Response> {
+        self.apply_to("", rate_limited_body).await
+    }
+
+    /// [`Faults::apply`] for a call of `method`: its own faults first.
+    pub async fn apply_to(
+        &self,
+        method: &str,
+        rate_limited_body: serde_json::Value,
+    ) -> Option<Response> {
         let (latency, fault) = {
             let mut g = self.lock();
-            let mut fault = g.queue.pop_front();
+            let mut fault = g
+                .by_method
+                .get_mut(method)
+                .and_then(|q| q.pop_front())
+                .or_else(|| g.queue.pop_front());
             if let (None, Some(limit)) = (&fault, g.per_second) {
                 let now = std::time::Instant::now();
                 while g

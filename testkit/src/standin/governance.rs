@@ -335,6 +335,11 @@ impl FakeGovernance {
         format!("http://{}", self.served.addr)
     }
 
+    /// The stand-in itself: take it down (connections refused) and bring it back.
+    pub fn served(&self) -> &super::Served {
+        &self.served
+    }
+
     /// Changes after every recorded call: wait on it instead of polling.
     pub fn changes(&self) -> &super::Changes {
         &self.inner.changes

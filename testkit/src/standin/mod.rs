@@ -13,17 +13,44 @@ pub mod slack;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A served stand-in; the server task stops when this is dropped.
+/// A served stand-in; the server task stops when this is dropped. It can go down (its
+/// listener closed and its connections shut: callers meet "connection refused", as when
+/// a service is down) and come back on the same address.
 pub struct Served {
     /// Where it listens.
     pub addr: SocketAddr,
+    router: axum::Router,
+    running: std::sync::Mutex<Option<Running>>,
+}
+
+struct Running {
     task: tokio::task::JoinHandle<()>,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(r) = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            r.stop.cancel();
+            r.task.abort();
+        }
     }
+}
+
+fn spawn(listener: tokio::net::TcpListener, router: axum::Router) -> Running {
+    let stop = tokio_util::sync::CancellationToken::new();
+    let signal = stop.clone();
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { signal.cancelled().await })
+            .await;
+    });
+    Running { task, stop }
 }
 
 /// Serves `router` at `addr` (port 0: a free one). Tests bind loopback; the
@@ -31,10 +58,48 @@ impl Drop for Served {
 pub async fn serve(router: axum::Router, addr: SocketAddr) -> std::io::Result<Served> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    Ok(Served { addr, task })
+    let running = spawn(listener, router.clone());
+    Ok(Served {
+        addr,
+        router,
+        running: std::sync::Mutex::new(Some(running)),
+    })
+}
+
+impl Served {
+    /// Goes down: the listener closes and open connections are shut (idle ones at once,
+    /// busy ones once answered, else after a second), so every call meets a refused
+    /// connection until [`Served::come_back`].
+    pub async fn go_down(&self) {
+        let running = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(r) = running {
+            r.stop.cancel();
+            let mut task = r.task;
+            if tokio::time::timeout(Duration::from_secs(1), &mut task)
+                .await
+                .is_err()
+            {
+                task.abort();
+            }
+        }
+    }
+
+    /// Comes back on the same address, with everything it had recorded.
+    pub async fn come_back(&self) {
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.addr).await {
+                Ok(l) => break l,
+                // The old socket may linger a moment.
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        };
+        let running = spawn(listener, self.router.clone());
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+    }
 }
 
 /// The loopback address with `port`, where tests and `tars-dev` serve stand-ins.

@@ -105,7 +105,7 @@ async fn api(s: &Inner, method: &str, headers: &HeaderMap, body: Value) -> Respo
     lock(&s.calls).push((method.to_owned(), body.clone()));
     if let Some(r) = s
         .faults
-        .apply(json!({"ok": false, "error": "ratelimited"}))
+        .apply_to(method, json!({"ok": false, "error": "ratelimited"}))
         .await
     {
         return r;
@@ -431,6 +431,11 @@ impl FakeSlack {
     /// Web API base URL (`…/api`).
     pub fn url(&self) -> String {
         format!("http://{}/api", self.served.addr)
+    }
+
+    /// The stand-in itself: take it down (connections refused) and bring it back.
+    pub fn served(&self) -> &super::Served {
+        &self.served
     }
 
     /// Changes after every Web API call is answered: wait on it instead of polling.
