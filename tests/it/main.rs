@@ -15,4 +15,5 @@ mod runtime;
 mod stack;
 mod support;
 mod topology;
+mod upgrades;
 mod writes;

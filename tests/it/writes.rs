@@ -112,11 +112,12 @@ async fn a_lifecycle_costs_the_writes_the_architecture_states() {
         ("tars.decision.requested", 1),
         ("status key approved", 2), // written when approved, removed when applied
         ("tars.request.approved", 1),
-        // grant: the record applied (1), its status key, its event
+        // grant: the attempt recorded before the call (1), the record applied (1), its
+        // status key, its event
         ("status key applied", 1),
         ("tars.request.applied", 1),
-        // 1 (submit) + 2 (post) + 1 (decision) + 1 (grant); the Slack updates write nothing
-        ("record", 5),
+        // 1 (submit) + 2 (post) + 1 (decision) + 2 (grant); the Slack updates write nothing
+        ("record", 6),
     ]);
     eventually(
         Duration::from_secs(10),

@@ -100,8 +100,10 @@ pub enum Command {
     StartGrant,
     /// The governance API granted the membership (or the user already had it).
     Granted {
-        /// Whether a membership was added (`false`: it was there already, so revoking
-        /// this request must leave it alone).
+        /// Whether this call added the membership (`false`: it was there already). The
+        /// machine counts it as added all the same when an earlier attempt was recorded
+        /// (that attempt may have added it, its answer lost), so that revoking removes
+        /// what TARS may have granted and leaves alone only what it certainly did not.
         added: bool,
     },
     /// The governance API refused, or retries ran out.
@@ -488,9 +490,13 @@ fn consequences(
             _ => Err(settled(r)),
         },
         Command::Granted { added } => match r.status {
-            S::Approved | S::Failed => {
-                Ok((vec![transition(applied(*added), SYSTEM_ACTOR)], vec![]))
-            }
+            S::Approved | S::Failed => Ok((
+                vec![transition(
+                    applied(*added || r.grant_attempts > 1),
+                    SYSTEM_ACTOR,
+                )],
+                vec![],
+            )),
             // A repeat keeps what the first outcome recorded.
             S::Applied => Ok((
                 vec![transition(applied(r.membership_added), SYSTEM_ACTOR)],
@@ -605,6 +611,10 @@ pub fn step(
     let mut next = before.clone();
     for e in &emits {
         next = evolve(&next, &e.event, &e.actor, now);
+    }
+    // A grant is recorded as attempted before it is carried out.
+    if extra.iter().any(|e| matches!(e, Effect::Grant(_))) {
+        next.grant_attempts = next.grant_attempts.saturating_add(1);
     }
     let changed = next != before;
     if changed {
@@ -831,13 +841,40 @@ mod tests {
     }
 
     #[test]
+    fn access_found_in_place_is_tars_s_only_when_an_earlier_attempt_was_recorded() {
+        let p = Policy::default();
+        let approved = step(&fresh("alice"), &approve("bob"), t0(), &p)
+            .unwrap()
+            .record;
+        let first = step(&approved, &Command::StartGrant, t0(), &p)
+            .unwrap()
+            .record;
+        let there = Command::Granted { added: false };
+        // The first attempt finds the access in place: it was not TARS's doing.
+        let found = step(&first, &there, t0(), &p).unwrap().record;
+        assert!(!found.membership_added);
+        // A second attempt (a redelivery, a replay, a probe after an outage) finds it
+        // in place: the first may have added it, its answer lost.
+        let second = step(&first, &Command::StartGrant, t0(), &p).unwrap().record;
+        assert_eq!(second.grant_attempts, 2);
+        let found = step(&second, &there, t0(), &p).unwrap().record;
+        assert!(found.membership_added);
+        // Whoever added it, an added membership is TARS's.
+        let added = step(&first, &Command::Granted { added: true }, t0(), &p)
+            .unwrap()
+            .record;
+        assert!(added.membership_added);
+    }
+
+    #[test]
     fn a_grant_order_becomes_one_governance_call_and_its_outcome() {
         let p = Policy::default();
         let r = step(&fresh("alice"), &approve("bob"), t0(), &p)
             .unwrap()
             .record;
         let start = step(&r, &Command::StartGrant, t0(), &p).unwrap();
-        assert!(!start.changed);
+        assert!(start.changed, "the attempt is recorded before the call");
+        assert_eq!(start.record.grant_attempts, 1);
         assert_eq!(start.effects, vec![Effect::Grant(Membership::of(&r))]);
         let failed = step(
             &r,

@@ -250,6 +250,12 @@ pub struct RequestRecord {
     /// read `true`.
     #[serde(default = "yes")]
     pub membership_added: bool,
+    /// How many times the governance-applier set out to grant this request, recorded
+    /// before each call: an attempt that finds the access in place after an earlier one
+    /// may have added it (its answer lost) counts it as added, read from here and never
+    /// guessed from a delivery count (Guarantee 9). Records from before this field read 0.
+    #[serde(default)]
+    pub grant_attempts: u32,
     /// Who started the revocation (`tars` when the access ran out).
     #[serde(default)]
     pub revoked_by: Option<String>,
@@ -348,6 +354,7 @@ impl RequestRecord {
             reminders: 0,
             access_expires_at: None,
             membership_added: true,
+            grant_attempts: 0,
             revoked_by: None,
             revoked_reason: None,
             revoked_at: None,

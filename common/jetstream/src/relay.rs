@@ -27,6 +27,7 @@ use tracing::Instrument;
 use crate::publish::{EventPublisher, Sent};
 use crate::store::RequestStore;
 use crate::topology::Topology;
+use crate::worker::PullHealth;
 
 /// The relay's durable consumer on the bucket's stream.
 pub const RELAY_CONSUMER: &str = "relay";
@@ -62,6 +63,8 @@ enum RelayError {
     Publish(#[from] crate::publish::PublishError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
+    #[error("a record revision this version cannot read: {0}")]
+    Unreadable(String),
 }
 
 /// Sends the outbox of one revision (the stream's acks are awaited by [`confirm`]) and
@@ -79,10 +82,9 @@ async fn relay_send(
     }
     let revision: RequestRecord = match serde_json::from_slice(&msg.payload) {
         Ok(r) => r,
-        Err(e) => {
-            tracing::error!(subject = %msg.subject, error = %e, "a record the relay cannot read: skipped");
-            return Ok(sent);
-        }
+        // A newer version's record (during a rolling upgrade) or a damaged one: its
+        // outbox is left for a process that can read it, never acknowledged away.
+        Err(e) => return Err(RelayError::Unreadable(e.to_string())),
     };
     let left_pending = revision.outbox.iter().any(|o| {
         matches!(
@@ -121,11 +123,23 @@ async fn confirm(sent: Result<Vec<Sent>, RelayError>) -> Result<(), RelayError> 
 }
 
 /// Acknowledges a revision whose events are stored, or has it redelivered.
-async fn settle(msg: jetstream::Message, relayed: Result<(), RelayError>) {
+async fn settle(
+    msg: jetstream::Message,
+    relayed: Result<(), RelayError>,
+    metrics: &tars_observability::metrics::Metrics,
+) {
     let settle = match relayed {
         Ok(()) => {
             fail::fail_point!("relay.after_publish");
             AckKind::Ack
+        }
+        Err(e @ RelayError::Unreadable(_)) => {
+            metrics
+                .unreadable
+                .with_label_values(&[RELAY_CONSUMER])
+                .inc();
+            tracing::warn!(error = %e, subject = %msg.subject, "left for a process that can read it");
+            AckKind::Nak(Some(crate::worker::UNREADABLE_DELAY))
         }
         Err(e) => {
             tracing::warn!(error = %e, subject = %msg.subject, "relay publish failed; will retry");
@@ -137,25 +151,70 @@ async fn settle(msg: jetstream::Message, relayed: Result<(), RelayError>) {
     }
 }
 
-/// Relays until `shutdown`; a pull or publish failure (NATS away) is retried.
+/// The relay's consumer, found (or declared again, after its saved position) however
+/// long NATS takes to answer: a relay that gave up at start would leave this process
+/// publishing nothing while it looked healthy. `None` only at shutdown.
+async fn find_consumer(
+    topology: &Topology,
+    health: &PullHealth,
+    shutdown: &CancellationToken,
+) -> Option<consumer::PullConsumer> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match topology.requests.stream.get_consumer(RELAY_CONSUMER).await {
+            Ok(c) => return Some(c),
+            Err(e) => {
+                let failing = health.failed();
+                tracing::warn!(consumer = RELAY_CONSUMER, error = %e, failing_s = failing.as_secs(), "the relay cannot find its consumer; trying again");
+                if failing > REDECLARE_AFTER {
+                    redeclare(topology).await;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return None,
+        }
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// How long the relay's pulls or look-ups may fail before it declares its consumer again.
+const REDECLARE_AFTER: Duration = Duration::from_secs(2);
+
+/// Declares the relay's consumer again, resuming after its saved position.
+async fn redeclare(topology: &Topology) {
+    let cfg = &topology.config;
+    let config = consumer_config(crate::topology::REQUESTS_BUCKET, cfg.ack_wait, cfg.replicas);
+    if let Err(e) =
+        crate::topology::declare_consumer(&topology.requests.stream, &topology.requests, config)
+            .await
+    {
+        tracing::warn!(consumer = RELAY_CONSUMER, error = %e, "declaring the relay's consumer again failed");
+    }
+}
+
+/// Relays until `shutdown`; a look-up, pull or publish failure (NATS away, an election)
+/// is retried, and `health` says whether the relay works, for `/readyz`.
 pub async fn run(
     topology: Topology,
     publisher: EventPublisher,
     metrics: tars_observability::metrics::Metrics,
+    health: PullHealth,
     shutdown: CancellationToken,
 ) {
-    let consumer: consumer::PullConsumer = match topology
-        .requests
-        .stream
-        .get_consumer(RELAY_CONSUMER)
-        .await
-    {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(error = %e, "the relay's consumer is missing; no events will be published by this process");
-            return;
-        }
+    // Not working until the consumer is found and a pull succeeds.
+    health.failed();
+    let Some(consumer) = find_consumer(&topology, &health, &shutdown).await else {
+        return;
     };
+    let lag = tokio::spawn(crate::worker::report_lag(
+        consumer.clone(),
+        RELAY_CONSUMER,
+        topology.requests.clone(),
+        metrics.clone(),
+        shutdown.clone(),
+    ));
     let store = RequestStore::new(&topology, &metrics);
     while !shutdown.is_cancelled() {
         let batch = tokio::select! {
@@ -166,6 +225,9 @@ pub async fn run(
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(consumer = RELAY_CONSUMER, error = %e, "relay pull failed; retrying");
+                if health.failed() > REDECLARE_AFTER {
+                    redeclare(&topology).await;
+                }
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_millis(500)) => continue,
                     _ = shutdown.cancelled() => break,
@@ -180,20 +242,36 @@ pub async fn run(
         // events are stored, in order.
         let mut waiting = FuturesOrdered::new();
         let mut open = true;
+        let mut pulled = true;
+        let mut received = 0usize;
         while open || !waiting.is_empty() {
             tokio::select! {
                 biased;
                 Some((msg, relayed)) = waiting.next(), if !waiting.is_empty() => {
-                    settle(msg, relayed).await;
+                    settle(msg, relayed, &metrics).await;
                 }
                 next = batch.next(), if open => match next {
                     Some(Ok(msg)) => {
+                        received += 1;
                         let sent = relay_send(&publisher, &store, &msg).await;
                         waiting.push_back(async move { (msg, confirm(sent).await) });
                     }
-                    _ => open = false,
+                    // A pull that ends in an error before any message (the consumer
+                    // gone, JetStream refusing) is a failed pull.
+                    Some(Err(e)) => {
+                        tracing::debug!(consumer = RELAY_CONSUMER, error = %e, "relay pull ended");
+                        pulled = received > 0;
+                        open = false;
+                    }
+                    None => open = false,
                 },
             }
         }
+        if pulled {
+            health.ok();
+        } else if health.failed() > REDECLARE_AFTER {
+            redeclare(&topology).await;
+        }
     }
+    lag.abort();
 }

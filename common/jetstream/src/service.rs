@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{CommonArgs, WorkerArgs};
 use crate::topology::{self, Topology, WorkerKind};
-use crate::worker::{self, Handler, WorkerConfig};
+use crate::worker::{self, Handler, PullHealth, WorkerConfig};
 use tars_observability::health::{self, Probe};
 use tars_observability::metrics::Metrics;
 
@@ -61,6 +61,11 @@ pub async fn connect(
     })
 }
 
+/// How long a process's relay may be without its consumer (at start, or pulls failing)
+/// before `/readyz` says so: longer than a leader election, short enough that a process
+/// whose relay cannot work leaves service instead of accepting what it cannot announce.
+pub const RELAY_TOLERANCE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves probes on `addr` and runs `handler` until `shutdown`, then drains NATS.
 pub async fn run_worker<H: Handler>(
     kind: WorkerKind,
@@ -78,9 +83,14 @@ pub async fn run_worker<H: Handler>(
     // deleted consumer, JetStream refusing) take the replica out of service.
     let connected = crate::nats::readiness(&conn.client);
     let health = cfg.health.clone();
+    let relay_health = PullHealth::default();
+    let relay_ready = relay_health.clone();
     let ready: tars_observability::health::Readiness = std::sync::Arc::new(move || {
         connected()?;
-        health.check(std::time::Duration::from_secs(5))
+        health.check(std::time::Duration::from_secs(5))?;
+        relay_ready
+            .check(RELAY_TOLERANCE)
+            .map_err(|e| format!("relay: {e}"))
     });
     let probe = Probe {
         metrics: conn.metrics.clone(),
@@ -91,6 +101,7 @@ pub async fn run_worker<H: Handler>(
         conn.topology.clone(),
         crate::publish::EventPublisher::new(conn.topology.js.clone(), conn.metrics.clone()),
         conn.metrics.clone(),
+        relay_health,
         shutdown.clone(),
     ));
     let result = worker::run(

@@ -20,8 +20,52 @@ pub const REQUESTS_BUCKET: &str = "TARS_REQUESTS";
 pub struct WorkerKind {
     /// The durable name, also the worker's label in metrics and dead-letter subjects.
     pub name: &'static str,
-    /// The subjects it consumes.
+    /// The subjects it consumes (besides its replays, [`WorkerKind::replay_subject`]).
     pub filter: &'static [&'static str],
+}
+
+/// Where replayed dead letters go: `tars.replay.<worker>.<original subject>`, taken only
+/// by the worker that dead-lettered them (Guarantee 9).
+pub const REPLAY_PREFIX: &str = "tars.replay";
+
+impl WorkerKind {
+    /// The subject a replay of this worker's dead letter first published on `original`
+    /// is sent to (a replay of a replay keeps the first original subject).
+    pub fn replay_subject(&self, original: &str) -> String {
+        format!(
+            "{REPLAY_PREFIX}.{}.{}",
+            self.name,
+            original_subject(original)
+        )
+    }
+
+    /// Every subject the consumer takes: its own and its replays.
+    pub fn subjects(&self) -> Vec<String> {
+        let mut all: Vec<String> = self.filter.iter().map(|s| (*s).to_owned()).collect();
+        all.push(format!("{REPLAY_PREFIX}.{}.>", self.name));
+        all
+    }
+
+    /// The worker of this name, if any.
+    pub fn named(name: &str) -> Option<Self> {
+        WORKERS.into_iter().find(|k| k.name == name)
+    }
+}
+
+/// The subject an event was first published on: `subject` itself, or what a replay
+/// subject (`tars.replay.<worker>.<original>`) carries.
+pub fn original_subject(subject: &str) -> &str {
+    let mut rest = subject;
+    while let Some(tail) = rest
+        .strip_prefix(REPLAY_PREFIX)
+        .and_then(|t| t.strip_prefix('.'))
+    {
+        match tail.split_once('.') {
+            Some((_worker, original)) => rest = original,
+            None => break,
+        }
+    }
+    rest
 }
 
 /// Renders Slack messages from every request event.
@@ -89,13 +133,13 @@ pub enum TopologyError {
         /// The server's answer.
         source: jetstream::context::CreateStreamError,
     },
-    /// A consumer could not be created or updated.
-    #[error("declare consumer {name}: {source}")]
+    /// A consumer could not be looked up, created or updated.
+    #[error("declare consumer {name}: {message}")]
     Consumer {
         /// Which consumer.
         name: &'static str,
         /// The server's answer.
-        source: jetstream::stream::ConsumerError,
+        message: String,
     },
 }
 
@@ -110,6 +154,8 @@ pub struct Topology {
     pub dlq: stream::Stream,
     /// `TARS_REQUESTS`.
     pub requests: kv::Store,
+    /// What it was declared with, to declare a lost consumer again the same way.
+    pub config: TopologyConfig,
 }
 
 fn stream_config(name: &str, subjects: &[&str], cfg: &TopologyConfig) -> stream::Config {
@@ -156,7 +202,11 @@ pub fn requests_stream_config(cfg: &TopologyConfig) -> stream::Config {
 
 /// The configuration of `TARS_EVENTS`, the audit log.
 pub fn events_stream_config(cfg: &TopologyConfig) -> stream::Config {
-    stream_config(EVENTS_STREAM, &["tars.request.>", "tars.decision.>"], cfg)
+    stream_config(
+        EVENTS_STREAM,
+        &["tars.request.>", "tars.decision.>", "tars.replay.>"],
+        cfg,
+    )
 }
 
 /// The configuration of `TARS_DLQ`; dead letters are kept as long as the audit log.
@@ -174,7 +224,10 @@ pub fn consumer_config(kind: WorkerKind, cfg: &TopologyConfig) -> consumer::pull
     consumer::pull::Config {
         durable_name: Some(kind.name.into()),
         description: Some(format!("TARS {} worker", kind.name)),
-        filter_subjects: kind.filter.iter().map(|s| (*s).to_owned()).collect(),
+        filter_subjects: kind.subjects(),
+        // A new deployment's consumer starts at the beginning; an existing one keeps its
+        // position, and one declared again resumes after its saved one
+        // ([`declare_consumer`]).
         deliver_policy: consumer::DeliverPolicy::All,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: cfg.ack_wait,
@@ -229,25 +282,22 @@ pub async fn ensure(
         .get_key_value(REQUESTS_BUCKET)
         .await
         .map_err(|e| TopologyError::Account(format!("bucket {REQUESTS_BUCKET}: {e}")))?;
-    requests
-        .stream
-        .create_consumer(crate::relay::consumer_config(
-            REQUESTS_BUCKET,
-            cfg.ack_wait,
-            cfg.replicas,
-        ))
-        .await
-        .map_err(|source| TopologyError::Consumer {
-            name: crate::relay::RELAY_CONSUMER,
-            source,
-        })?;
+    declare_consumer(
+        &requests.stream,
+        &requests,
+        crate::relay::consumer_config(REQUESTS_BUCKET, cfg.ack_wait, cfg.replicas),
+    )
+    .await
+    .map_err(|message| TopologyError::Consumer {
+        name: crate::relay::RELAY_CONSUMER,
+        message,
+    })?;
     for kind in WORKERS {
-        events
-            .create_consumer(consumer_config(kind, cfg))
+        declare_consumer(&events, &requests, consumer_config(kind, cfg))
             .await
-            .map_err(|source| TopologyError::Consumer {
+            .map_err(|message| TopologyError::Consumer {
                 name: kind.name,
-                source,
+                message,
             })?;
     }
     Ok(Topology {
@@ -255,6 +305,7 @@ pub async fn ensure(
         events,
         dlq,
         requests,
+        config: cfg.clone(),
     })
 }
 
@@ -269,4 +320,105 @@ async fn create_stream(
     js.get_stream(name)
         .await
         .map_err(|e| TopologyError::Account(format!("stream {name} vanished: {e}")))
+}
+
+/// The key of `TARS_REQUESTS` under which a consumer's last known ack floor is kept (two
+/// tokens: never taken for a record by the relay or a listing).
+fn position_key(consumer: &str) -> String {
+    format!("consumers.{consumer}")
+}
+
+/// Saves `floor` (the stream sequence below which everything is acknowledged) as the
+/// position of `consumer`, so that a consumer declared again resumes there instead of
+/// at the stream's beginning. Best effort: a position saved late only means a few more
+/// events seen twice, which every handler tolerates.
+pub async fn save_position(requests: &kv::Store, consumer: &str, floor: u64) {
+    if let Err(e) = requests
+        .put(
+            position_key(consumer),
+            floor.to_string().into_bytes().into(),
+        )
+        .await
+    {
+        tracing::debug!(consumer, error = %e, "saving the consumer's position failed");
+    }
+}
+
+/// The position last saved for `consumer`.
+pub async fn saved_position(requests: &kv::Store, consumer: &str) -> Option<u64> {
+    let entry = requests.get(position_key(consumer)).await.ok()??;
+    std::str::from_utf8(&entry).ok()?.trim().parse().ok()
+}
+
+/// Where a consumer declared again starts: after `floor`, or at the beginning when no
+/// position was ever known (a new deployment).
+pub fn resume_after(floor: Option<u64>) -> consumer::DeliverPolicy {
+    match floor {
+        Some(f) if f > 0 => consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: f + 1,
+        },
+        _ => consumer::DeliverPolicy::All,
+    }
+}
+
+/// Declares the durable consumer `config` on `stream` so that it resumes where it was
+/// (Guarantee 9): one that exists keeps its position (its start is never changed, which
+/// the server would refuse anyway) and gets the rest of `config` (a new filter subject,
+/// say); one that is missing resumes after the position saved for it in `requests`, or
+/// starts at the beginning when none was ever saved.
+pub async fn declare_consumer(
+    stream: &stream::Stream,
+    requests: &kv::Store,
+    config: impl consumer::IntoConsumerConfig,
+) -> Result<(), String> {
+    let mut config = config.into_consumer_config();
+    let name = config.durable_name.clone().unwrap_or_default();
+    match stream.consumer_info(&name).await {
+        Ok(info) => config.deliver_policy = info.config.deliver_policy,
+        Err(e) if e.kind() == jetstream::context::ConsumerInfoErrorKind::NotFound => {
+            let floor = saved_position(requests, &name).await;
+            config.deliver_policy = resume_after(floor);
+            if floor.is_some() {
+                tracing::info!(consumer = %name, ?floor, "consumer missing: declared again after its saved position");
+            }
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+    // Processes declaring a missing consumer at once read the same saved position, so
+    // they declare the same configuration and both succeed.
+    stream
+        .create_consumer(config)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_goes_to_its_worker_and_keeps_the_first_subject() {
+        let s = GOVERNANCE_APPLIER.replay_subject("tars.request.approved.r1");
+        assert_eq!(s, "tars.replay.governance-applier.tars.request.approved.r1");
+        assert_eq!(
+            NOTIFIER.replay_subject(&s),
+            "tars.replay.notifier.tars.request.approved.r1"
+        );
+        assert_eq!(original_subject(&s), "tars.request.approved.r1");
+        assert_eq!(
+            original_subject("tars.request.approved.r1"),
+            "tars.request.approved.r1"
+        );
+    }
+
+    #[test]
+    fn a_consumer_resumes_after_its_floor_or_starts_at_the_beginning() {
+        assert_eq!(resume_after(None), consumer::DeliverPolicy::All);
+        assert_eq!(resume_after(Some(0)), consumer::DeliverPolicy::All);
+        assert_eq!(
+            resume_after(Some(41)),
+            consumer::DeliverPolicy::ByStartSequence { start_sequence: 42 }
+        );
+    }
 }

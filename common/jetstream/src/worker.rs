@@ -138,9 +138,6 @@ pub struct Delivery {
     pub subject: String,
     /// Which delivery this is (1 = first).
     pub delivered: u64,
-    /// How many times the handler has run for this delivery (1 = first): a message that
-    /// waited out an outage is handled again without a new delivery.
-    pub run: u32,
     /// True when a `Retry` now would dead-letter instead, so a handler can record the
     /// failure in the request's state first.
     pub last_attempt: bool,
@@ -196,12 +193,14 @@ impl PullHealth {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ok(&self) {
+    /// Records a good pull (or start): the run of failures is over.
+    pub fn ok(&self) {
         *self.lock() = None;
     }
 
-    /// Records a failed pull; returns how long pulls have been failing.
-    fn failed(&self) -> Duration {
+    /// Records a failed pull (or a start not yet made); returns how long pulls have been
+    /// failing.
+    pub fn failed(&self) -> Duration {
         let mut since = self.lock();
         since.get_or_insert_with(Instant::now).elapsed()
     }
@@ -229,6 +228,8 @@ pub struct WorkerConfig {
     pub retry: RetryPolicy,
     /// How often a message waiting out an outage probes the dependency.
     pub wait: WaitPolicy,
+    /// How long a message this version cannot read waits before it is delivered again.
+    pub unreadable_delay: Duration,
     /// How long a pull waits for messages; also bounds how long shutdown waits for a pull.
     pub pull_expires: Duration,
     /// How long shutdown lets running handlers finish before nak-ing them.
@@ -247,6 +248,7 @@ impl Default for WorkerConfig {
             max_deliver: 10,
             retry: RetryPolicy::default(),
             wait: WaitPolicy::default(),
+            unreadable_delay: UNREADABLE_DELAY,
             pull_expires: Duration::from_secs(2),
             shutdown_grace: Duration::from_secs(10),
             progress_interval: Duration::from_secs(10),
@@ -364,7 +366,8 @@ pub async fn run<H: Handler>(
     let slots = Arc::new(Semaphore::new(concurrency));
     let lag = tokio::spawn(report_lag(
         consumer.clone(),
-        kind,
+        kind.name,
+        topology.requests.clone(),
         metrics,
         shutdown.clone(),
     ));
@@ -440,7 +443,14 @@ async fn pull_failed<H>(shared: &Shared<H>) {
     }
     let kind = shared.kind;
     let config = shared.consumer.cached_info().config.clone();
-    match shared.topology.events.create_consumer(config).await {
+    // Resumes after the consumer's saved position, never from the stream's beginning.
+    match crate::topology::declare_consumer(
+        &shared.topology.events,
+        &shared.topology.requests,
+        config,
+    )
+    .await
+    {
         Ok(_) => info!(
             worker = kind.name,
             consumer = kind.name,
@@ -505,17 +515,26 @@ async fn read_batch<H: Handler>(
     }
 }
 
-/// Refreshes `tars_consumer_pending` from consumer info until shutdown.
-async fn report_lag(
+/// Refreshes `tars_consumer_pending{worker=name}` from consumer info until shutdown, and
+/// saves the consumer's position (its ack floor) whenever it moved, so that a consumer
+/// declared again resumes there.
+pub async fn report_lag(
     mut consumer: PullConsumer,
-    kind: WorkerKind,
+    name: &'static str,
+    requests: async_nats::jetstream::kv::Store,
     metrics: Metrics,
     shutdown: CancellationToken,
 ) {
-    let gauge = metrics.consumer_pending.with_label_values(&[kind.name]);
+    let gauge = metrics.consumer_pending.with_label_values(&[name]);
+    let mut saved = 0u64;
     loop {
         if let Ok(info) = consumer.info().await {
             gauge.set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+            let floor = info.ack_floor.stream_sequence;
+            if floor > saved {
+                crate::topology::save_position(&requests, name, floor).await;
+                saved = floor;
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {},
@@ -555,7 +574,12 @@ async fn process<H: Handler>(
     let work = async move {
         let started = Instant::now();
         let outcome = match Envelope::decode(&msg.payload) {
-            Err(e) => Outcome::dead_letter(e.to_string()),
+            // A newer version's event (during a rolling upgrade), or a damaged one: left
+            // for a process that can read it, never acknowledged away (Guarantee 9).
+            Err(e) => {
+                unreadable(&shared, &msg, &e.to_string()).await;
+                return;
+            }
             Ok(envelope) => {
                 tracing::Span::current().record("request_id", envelope.request_id.as_str());
                 if delivered > shared.cfg.max_deliver {
@@ -568,7 +592,6 @@ async fn process<H: Handler>(
                         envelope,
                         subject: msg.subject.to_string(),
                         delivered,
-                        run: 1,
                         last_attempt: delivered >= shared.cfg.max_deliver,
                         stream_seq,
                     };
@@ -588,23 +611,37 @@ async fn process<H: Handler>(
     trace::scope(trace, work.instrument(span)).await
 }
 
+/// How long an unreadable message waits before it is delivered again (to whichever
+/// replica pulls it: during a rolling upgrade, soon one that reads it).
+pub const UNREADABLE_DELAY: Duration = Duration::from_secs(30);
+
+/// Hands back a message this process cannot read, counted and logged.
+async fn unreadable<H>(shared: &Shared<H>, msg: &jetstream::Message, why: &str) {
+    shared
+        .metrics
+        .unreadable
+        .with_label_values(&[shared.kind.name])
+        .inc();
+    warn!(error = %why, "a message this version cannot read: left for one that can");
+    let _ = msg
+        .ack_with(AckKind::Nak(Some(shared.cfg.unreadable_delay)))
+        .await;
+}
+
 /// Runs the handler until it says something other than "wait": a message that waits is
 /// held (in-progress acks, no delivery spent) until its turn comes, then handled again.
 /// `None` if shutdown took it back.
 async fn handle_waiting<H: Handler>(
     shared: &Shared<H>,
     msg: &jetstream::Message,
-    mut delivery: Delivery,
+    delivery: Delivery,
 ) -> Option<Outcome> {
     // The outage this message waits on, and whether it is the gate's probe.
     let mut waiting_on: Option<(&'static str, bool)> = None;
     let mut turns: u32 = 0;
     loop {
         let outcome = match run_handler(shared, msg, delivery.clone()).await {
-            Some(o) => {
-                delivery.run = delivery.run.saturating_add(1);
-                o
-            }
+            Some(o) => o,
             None => {
                 if let Some((dep, true)) = waiting_on {
                     shared.outages.probe_abandoned(dep);

@@ -68,6 +68,10 @@ pub struct Inner {
     /// `tars_slack_duplicate_risk_total`: posts sent although an earlier one may have
     /// landed, because Slack refused the look-up that would have told (a missing scope).
     pub slack_duplicate_risk: prometheus::IntCounter,
+    /// `tars_unreadable_total{consumer}`: messages or record revisions this process could
+    /// not read (a newer version's, during a rolling upgrade, or damaged), handed back for
+    /// a process that can, never acknowledged away.
+    pub unreadable: IntCounterVec,
 }
 
 impl std::ops::Deref for Metrics {
@@ -212,6 +216,12 @@ impl Metrics {
                     .unwrap_or_else(|e| panic!("tars_slack_duplicate_risk_total: {e}"));
                 c
             },
+            unreadable: counter(
+                r,
+                "tars_unreadable_total",
+                "Messages or revisions this process could not read, left for one that can",
+                &["consumer"],
+            ),
             dead_letters: counter(
                 r,
                 "tars_dead_letters_total",

@@ -76,7 +76,7 @@ impl Worker {
     }
 
     /// Carries out a grant order; `first` says no earlier delivery of it ran.
-    async fn apply(&self, id: &RequestId, first: bool, cause: u64) -> Outcome {
+    async fn apply(&self, id: &RequestId, cause: u64) -> Outcome {
         let effects = match self.step(id, Command::StartGrant, cause).await {
             Ok(effects) => effects,
             Err(outcome) => return outcome,
@@ -90,14 +90,14 @@ impl Worker {
         match grant {
             Some(m) => {
                 fail::fail_point!("grant.before_call");
-                self.grant(id, &m, first, cause).await
+                self.grant(id, &m, cause).await
             }
             None => Outcome::Ack,
         }
     }
 
     /// Calls the governance API for `m` and steps the machine with its answer.
-    async fn grant(&self, id: &RequestId, m: &Membership, first: bool, cause: u64) -> Outcome {
+    async fn grant(&self, id: &RequestId, m: &Membership, cause: u64) -> Outcome {
         let group = m.group();
         let granted = self
             .governance
@@ -114,11 +114,9 @@ impl Worker {
                     }
                 }
                 fail::fail_point!("grant.after_call");
-                // "Already there" on a redelivery may be this grant's own earlier call
-                // (its answer lost to a crash or a timeout): count it as added, so the
-                // access still ends when it should. Only a first attempt finding the
-                // access in place proves it was not TARS's doing.
-                let added = how == Granted::Added || !first;
+                // Whether an earlier attempt may have added it is the machine's call,
+                // from the attempts the record counts.
+                let added = how == Granted::Added;
                 let recorded = self.step(id, Command::Granted { added }, cause).await;
                 fail::fail_point!("grant.after_record");
                 return match recorded {
@@ -226,16 +224,7 @@ impl Handler for Worker {
     async fn handle(&self, delivery: Delivery) -> Outcome {
         let id = delivery.envelope.request_id.clone();
         match &delivery.envelope.event {
-            Event::RequestApproved { .. } => {
-                self.apply(
-                    &id,
-                    // Neither an earlier delivery nor an earlier run of this one (a
-                    // call that timed out while the API was failing) may have added it.
-                    delivery.delivered <= 1 && delivery.run <= 1,
-                    delivery.stream_seq,
-                )
-                .await
-            }
+            Event::RequestApproved { .. } => self.apply(&id, delivery.stream_seq).await,
             Event::RequestRevoking { .. } => self.revoke(&id, delivery.stream_seq).await,
             other => Outcome::dead_letter(format!(
                 "the governance-applier does not handle {}",

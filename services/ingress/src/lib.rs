@@ -257,7 +257,11 @@ pub struct Application {
     probes: Option<(tokio::net::TcpListener, tars_observability::health::Probe)>,
     router: Router,
     /// What the relay this process runs needs: the bucket to tail and the publisher.
-    relay: (tars_jetstream::topology::Topology, EventPublisher),
+    relay: (
+        tars_jetstream::topology::Topology,
+        EventPublisher,
+        tars_jetstream::worker::PullHealth,
+    ),
     client: async_nats::Client,
 }
 
@@ -387,6 +391,7 @@ impl Application {
             max_access_duration: args.max_access_duration,
             metrics,
             client: conn.client.clone(),
+            relay_health: tars_jetstream::worker::PullHealth::default(),
             policy: tars_domain::machine::Policy::default(),
             tenants: governance.map(tenants::TenantCheck::new),
             approval_policy: Arc::new(approval_policy),
@@ -397,7 +402,7 @@ impl Application {
                 tokio::net::TcpListener::bind(addr).await?,
                 tars_observability::health::Probe {
                     metrics: state.metrics.clone(),
-                    ready: tars_jetstream::nats::readiness(&state.client),
+                    ready: readiness(&state),
                 },
             )),
             None => None,
@@ -407,7 +412,11 @@ impl Application {
             listener,
             metrics: state.metrics.clone(),
             probes,
-            relay: (state.topology.clone(), state.publisher.clone()),
+            relay: (
+                state.topology.clone(),
+                state.publisher.clone(),
+                state.relay_health.clone(),
+            ),
             router: router(state, args.request_timeout, public_metrics),
             client: conn.client,
         })
@@ -428,13 +437,14 @@ impl Application {
 
     /// Serves until `shutdown`, finishing in-flight requests, then drains NATS.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let (topology, publisher) = self.relay;
+        let (topology, publisher, relay_health) = self.relay;
         // The relay stops with the server (a server error stops it too).
         let stop_relay = shutdown.child_token();
         let relay = tokio::spawn(tars_jetstream::relay::run(
             topology,
             publisher,
             self.metrics,
+            relay_health,
             stop_relay.clone(),
         ));
         let probes = self.probes.map(|(listener, probe)| {
@@ -572,11 +582,23 @@ async fn method_not_allowed(method: axum::http::Method) -> error::ApiError {
 }
 
 async fn readyz(State(st): State<AppState>) -> Response {
-    if tars_jetstream::nats::is_connected(&st.client) {
-        (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response()
-    } else {
-        error::ApiError::unavailable("NATS is disconnected").into_response()
+    match readiness(&st)() {
+        Ok(()) => (StatusCode::OK, Json(serde_json::json!({"status": "ready"}))).into_response(),
+        Err(why) => error::ApiError::unavailable(why).into_response(),
     }
+}
+
+/// Ready while NATS is connected and this process's relay works (it announces what the
+/// ingress accepts: a process whose relay cannot start leaves service).
+fn readiness(st: &AppState) -> tars_observability::health::Readiness {
+    let connected = tars_jetstream::nats::readiness(&st.client);
+    let relay = st.relay_health.clone();
+    std::sync::Arc::new(move || {
+        connected()?;
+        relay
+            .check(tars_jetstream::service::RELAY_TOLERANCE)
+            .map_err(|e| format!("relay: {e}"))
+    })
 }
 
 fn router(state: AppState, timeout: Duration, public_metrics: bool) -> Router {
@@ -584,7 +606,7 @@ fn router(state: AppState, timeout: Duration, public_metrics: bool) -> Router {
     let metrics = state.metrics.clone();
     let probe = tars_observability::health::Probe {
         metrics: metrics.clone(),
-        ready: tars_jetstream::nats::readiness(&state.client),
+        ready: readiness(&state),
     };
     let request_id = HeaderName::from_static("x-request-id");
     let app = Router::new()

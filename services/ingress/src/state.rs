@@ -92,6 +92,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// The NATS connection, for readiness.
     pub client: async_nats::Client,
+    /// Whether this process's relay works (found its consumer, pulls), for readiness: a
+    /// process that accepts requests must also announce them.
+    pub relay_health: tars_jetstream::worker::PullHealth,
     /// The rules the ingress checks before it accepts a command (the decision worker
     /// applies the same ones authoritatively). Today's decision and cancel rules need no
     /// configuration; the approval policy joins here.

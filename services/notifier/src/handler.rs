@@ -5,7 +5,7 @@
 //! record with a compare-and-set before Slack is called, so two replicas handling two
 //! events of one new request post once.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tars_domain::events::Event;
 use tars_domain::lease::{self, Claimed, Held, Kept};
@@ -248,11 +248,18 @@ impl Worker {
         me: &str,
         look_since: Option<time::OffsetDateTime>,
     ) -> Outcome {
+        // When the lease was last written (claimed or renewed).
+        let mut renewed = Instant::now();
         if let Some(since) = look_since {
             // A minute of slack for clocks that disagree.
             let oldest = since.unix_timestamp() - 60;
             let looked = self
-                .renewing(id, me, self.slack.find_posted(channel, id.as_str(), oldest))
+                .renewing(
+                    id,
+                    me,
+                    &mut renewed,
+                    self.slack.find_posted(channel, id.as_str(), oldest),
+                )
                 .await;
             match looked {
                 Err(lost) => return lost,
@@ -276,14 +283,21 @@ impl Worker {
         let shown = self.render(&claim.value).await;
         let (text, blocks) = &shown;
         let posted = loop {
-            let turn = match self.renewing(id, me, self.slack.post_turn(channel)).await {
+            let turn = match self
+                .renewing(id, me, &mut renewed, self.slack.post_turn(channel))
+                .await
+            {
                 Ok(turn) => turn,
                 Err(lost) => return lost,
             };
-            // The fence: the lease is renewed (and so still ours) right before the call,
-            // and lasts longer than the call can take.
-            if let Err(lost) = self.renew(id, me).await {
-                return lost;
+            // The fence: the call goes out only inside a lease that outlasts it (the Slack
+            // client's timeout is a third of the lease): written within the last third,
+            // or renewed now (which also proves it is still ours).
+            if renewed.elapsed() > self.lease / 3 {
+                if let Err(lost) = self.renew(id, me).await {
+                    return lost;
+                }
+                renewed = Instant::now();
             }
             fail::fail_point!("notify.before_post");
             let posted = turn.post(text, blocks, id.as_str()).await;
@@ -316,6 +330,7 @@ impl Worker {
         &self,
         id: &RequestId,
         me: &str,
+        renewed: &mut Instant,
         work: impl std::future::Future<Output = T>,
     ) -> Result<T, Outcome> {
         tokio::pin!(work);
@@ -325,7 +340,8 @@ impl Worker {
             tokio::select! {
                 done = &mut work => return Ok(done),
                 _ = tick.tick() => match self.try_renew(id, me).await {
-                    Ok(Held::Ours) | Err(_) => {}
+                    Ok(Held::Ours) => *renewed = Instant::now(),
+                    Err(_) => {}
                     Ok(Held::Lost) => return Err(lost_lease()),
                 },
             }

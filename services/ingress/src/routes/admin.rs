@@ -7,6 +7,7 @@ use axum::http::StatusCode;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tars_jetstream::topology::WorkerKind;
 use tars_jetstream::worker::{
     HDR_DLQ_DELIVERIES, HDR_DLQ_REASON, HDR_DLQ_WORKER, HDR_ORIGINAL_SEQ, HDR_ORIGINAL_SUBJECT,
 };
@@ -113,8 +114,9 @@ async fn load(
 }
 
 /// `POST /admin/dead-letters/{seq}/replay`: publishes the original message again (a new
-/// message with a fresh id, so the duplicate window does not swallow it) and removes the
-/// dead letter.
+/// message with a fresh id, so the duplicate window does not swallow it) to the worker
+/// that dead-lettered it alone (`tars.replay.<worker>.<original subject>`: replaying a
+/// notifier's dead letter must not grant again), and removes the dead letter.
 pub async fn replay(
     State(st): State<AppState>,
     Admin(admin): Admin,
@@ -122,13 +124,19 @@ pub async fn replay(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let seq = seq_of(&seq)?;
     let m = load(&st, seq).await?;
-    let subject = m
+    let original = m
         .headers
         .get(HDR_ORIGINAL_SUBJECT)
         .map(|v| v.as_str().to_owned())
         .ok_or_else(|| {
             ApiError::conflict(format!("dead letter {seq} names no original subject"))
         })?;
+    let worker = m
+        .headers
+        .get(HDR_DLQ_WORKER)
+        .and_then(|w| WorkerKind::named(w.as_str()))
+        .ok_or_else(|| ApiError::conflict(format!("dead letter {seq} names no known worker")))?;
+    let subject = worker.replay_subject(&original);
     let mut headers = async_nats::HeaderMap::new();
     headers.insert("Nats-Msg-Id", format!("replay.{seq}").as_str());
     headers.insert("Tars-Replayed-By", admin.username.as_str());
