@@ -115,3 +115,33 @@ async fn replaying_a_notifier_dead_letter_does_not_grant_a_failed_request_again(
     assert_eq!(s.status_of(&id).await, "failed", "not granted again");
     assert_eq!(s.governance.calls().len(), calls, "no governance call");
 }
+
+#[tokio::test]
+async fn a_request_asked_again_after_its_predecessor_was_retired_gets_a_new_id() {
+    let s = Stack::start(Options {
+        workers: true,
+        ..Options::default()
+    })
+    .await;
+    let old = s.submit("yearly", "read_only").await;
+    let (status, body, _) = s
+        .post(
+            "/approvals/deny",
+            Some(ADMIN_TOKEN),
+            json!({"request_id": old}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    wait_status(&s, &old, "denied").await;
+    // Retention, 400 days on: the record goes (its open-index entry must go with it).
+    let (sweeper, _) = s.sweeper().await;
+    let retention = Duration::from_secs(400 * 86_400);
+    let later = tars_domain::now() + retention + Duration::from_secs(2 * 86_400);
+    assert_eq!(sweeper.retire(later, retention).await.unwrap(), 1);
+    let (status, _) = s.get(&format!("/requests/{old}"), Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 404, "retired");
+    // Asked again: a new request, never the retired id brought back.
+    let new = s.submit("yearly", "read_only").await;
+    assert_ne!(new, old, "a retired id is never used again");
+    wait_status(&s, &new, "pending").await;
+}

@@ -254,6 +254,14 @@ fn keys_before(
 /// a record that is still missing by then belongs to a submission that crashed.
 const RECORD_GRACE: time::Duration = time::Duration::minutes(1);
 
+/// Whether the record of `id` can no longer be written by its submission: missing now,
+/// it never will be (the submission crashed, or the record was retired), so an index
+/// entry naming it is stale.
+pub fn past_record_grace(id: &RequestId) -> bool {
+    id.created_at()
+        .is_some_and(|t| tars_domain::now() - t > RECORD_GRACE)
+}
+
 /// The request an index key names (its last token).
 fn id_of(key: &str) -> Option<RequestId> {
     key.rsplit('.')
@@ -744,9 +752,7 @@ impl RequestStore {
         for (slot, id) in open.iter() {
             let gone = match self.get(id).await? {
                 Some(r) => r.value.status != RequestStatus::Pending,
-                None => id
-                    .created_at()
-                    .is_some_and(|t| tars_domain::now() - t > RECORD_GRACE),
+                None => past_record_grace(id),
             };
             if gone {
                 settled.push(slot.clone());
@@ -820,10 +826,7 @@ impl RequestStore {
     /// Removes an index key whose request was never written (its submission crashed),
     /// once the grace for writing it has passed.
     async fn drop_orphan(&self, key: &str, id: &RequestId) -> Result<(), StoreError> {
-        if id
-            .created_at()
-            .is_some_and(|t| tars_domain::now() - t > RECORD_GRACE)
-        {
+        if past_record_grace(id) {
             self.purge(key).await?;
         }
         Ok(())
@@ -994,6 +997,7 @@ impl RequestStore {
                         self.purge(&key).await?;
                     }
                 }
+                self.forget_open(&rec.requester, id).await?;
                 self.purge(&keys::record(id)).await?;
                 true
             }
@@ -1001,5 +1005,30 @@ impl RequestStore {
         };
         self.purge(&keys::finished(day, id)).await?;
         Ok(gone)
+    }
+
+    /// Drops the entry naming `id` from `user`'s open index, if it still has one (a
+    /// decided request's entry stays until the user's next submission): a retired id
+    /// must never be named again, or a later request would be created under it.
+    async fn forget_open(&self, user: &Username, id: &RequestId) -> Result<(), StoreError> {
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some(v) = self.open_index(user).await? else {
+                return Ok(());
+            };
+            let mut open = v.value;
+            let before = open.len();
+            open.retain(|_, named| named != id);
+            if open.len() == before {
+                return Ok(());
+            }
+            if self
+                .write_if(&keys::open(user), &open, Some(v.revision))
+                .await?
+                .is_some()
+            {
+                return Ok(());
+            }
+        }
+        Err(StoreError::Contention(format!("open index of {user}")))
     }
 }

@@ -220,11 +220,35 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Records a grant that ran out of attempts as `failed`, then dead-letters its order.
+    async fn give_up(&self, id: &RequestId, delivered: u64, why: &str, cause: u64) -> Outcome {
+        let detail = format!("gave up after {delivered} attempts: {why}");
+        tracing::warn!(%detail, "grant out of attempts: recorded as failed");
+        let reason = "TARS could not complete this grant after several attempts; an admin can \
+                      retry it"
+            .to_owned();
+        match self.step(id, Command::GrantFailed { reason }, cause).await {
+            Ok(_) | Err(Outcome::Ack) => Outcome::dead_letter(detail),
+            Err(o) => o,
+        }
+    }
+}
+
 impl Handler for Worker {
     async fn handle(&self, delivery: Delivery) -> Outcome {
         let id = delivery.envelope.request_id.clone();
         match &delivery.envelope.event {
-            Event::RequestApproved { .. } => self.apply(&id, delivery.stream_seq).await,
+            Event::RequestApproved { .. } => match self.apply(&id, delivery.stream_seq).await {
+                // No step is left where nothing drives it: a grant out of attempts (store
+                // contention, a record not yet readable) is recorded `failed` with why,
+                // then dead-lettered for an admin to replay (Guarantee 9).
+                Outcome::Retry { reason, .. } if delivery.last_attempt => {
+                    self.give_up(&id, delivery.delivered, &reason, delivery.stream_seq)
+                        .await
+                }
+                other => other,
+            },
             Event::RequestRevoking { .. } => self.revoke(&id, delivery.stream_seq).await,
             other => Outcome::dead_letter(format!(
                 "the governance-applier does not handle {}",

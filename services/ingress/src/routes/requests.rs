@@ -11,7 +11,7 @@ use tars_domain::machine::{self, Command, Refusal};
 use tars_domain::{
     Justification, Permission, RequestId, RequestRecord, RequestStatus, TenantName, Username, now,
 };
-use tars_jetstream::store::open_slot;
+use tars_jetstream::store::{open_slot, past_record_grace};
 
 use crate::error::ApiError;
 use crate::extract::{Caller, StrictJson, StrictQuery};
@@ -184,10 +184,19 @@ pub async fn submit(
                         .await?;
                     continue;
                 }
-                None => {
-                    // The index names an id whose record a crashed submission never
-                    // wrote: finish it under that id.
+                // The index names an id whose record a crashed submission never wrote:
+                // finish it under that id, while it may still come.
+                None if !past_record_grace(&id) => {
                     return create(&st, new_request(id)).await;
+                }
+                // A record that will never come (retired, or its submission crashed long
+                // ago): its id is never used again.
+                None => {
+                    open.remove(&slot);
+                    st.store
+                        .write_open_index(&requester, &open, revision)
+                        .await?;
+                    continue;
                 }
             }
         }
