@@ -524,3 +524,125 @@ async fn a_revoke_that_dies_after_its_write_is_carried_out() {
     assert!(s.governance.members_of("crashrevoke").is_empty());
     scenario.teardown();
 }
+
+/// A service binary run as its own process, as deployed, which a fail point named in
+/// `TARS_DIE_AT` ends with `abort` (a real death: no drain, no ack, no in-memory state
+/// left for a retry). `make test` builds the binaries beside this test, with fail points.
+struct Service(std::process::Child);
+
+impl Service {
+    fn start(s: &Stack, bin: &str, die_at: Option<&str>, env: &[(&str, String)]) -> Self {
+        let exe = std::env::current_exe().unwrap();
+        let path = exe.parent().unwrap().parent().unwrap().join(bin);
+        assert!(
+            path.exists(),
+            "{} is missing: `make test` builds it",
+            path.display()
+        );
+        let port = tars_testkit::nats_server::free_port();
+        let mut cmd = std::process::Command::new(path);
+        cmd.env_clear()
+            .env("NATS_URL", s.nats.server.url())
+            .env("TARS_ACK_WAIT", "3s")
+            .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+            .env("LOG_LEVEL", "warn")
+            .env("LOG_FORMAT", "text")
+            .env("WORKER_RETRY_BASE", "50ms")
+            .env("WORKER_RETRY_MAX", "1s")
+            .stdout(std::process::Stdio::null());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        if let Some(point) = die_at {
+            cmd.env("TARS_DIE_AT", point);
+        }
+        Self(cmd.spawn().unwrap())
+    }
+
+    /// Waits for the process to die of its fail point (SIGABRT), not exit on its own.
+    async fn died(mut self) {
+        use std::os::unix::process::ExitStatusExt;
+        let status = eventually(LONG, "the process to die at its fail point", || {
+            let polled = self.0.try_wait().unwrap();
+            async move { polled }
+        })
+        .await;
+        assert_eq!(
+            status.signal(),
+            Some(6),
+            "aborted at the fail point: {status}"
+        );
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn applier_env(s: &Stack) -> Vec<(&'static str, String)> {
+    vec![
+        ("GOVERNANCE_API_URL", s.governance.url()),
+        ("GOVERNANCE_TOKEN", GOV_TOKEN.to_owned()),
+    ]
+}
+
+#[tokio::test]
+async fn an_applier_killed_after_the_governance_call_is_finished_once_by_a_fresh_process() {
+    let mut s = Stack::start(Options::default()).await;
+    s.start_notifier();
+    s.start_decision(Duration::from_secs(86_400));
+    let dying = Service::start(
+        &s,
+        "tars-governance-applier",
+        Some("grant.after_call"),
+        &applier_env(&s),
+    );
+    let id = s.submit_for(USER_TOKEN, "killed", Some("1h")).await;
+    s.approve(&id).await;
+    dying.died().await;
+    assert_eq!(
+        s.governance.add_calls(),
+        1,
+        "the call was made before the death"
+    );
+    assert_eq!(s.status_of(&id).await, "approved", "not recorded yet");
+    // A fresh process gets the grant order again once its ack wait has passed.
+    let _fresh = Service::start(&s, "tars-governance-applier", None, &applier_env(&s));
+    wait_status(&s, &id, "applied").await;
+    assert_eq!(s.governance.add_calls(), 1, "granted once");
+    // It found the access in place; the record says an attempt was made before, so the
+    // access is TARS's and ends when its hour does.
+    let (_, rec) = s.get(&format!("/requests/{id}"), Some(ADMIN_TOKEN)).await;
+    let history = rec["history"].to_string();
+    assert!(
+        history.contains("\"membership_added\":true"),
+        "the access counts as TARS's: {history}"
+    );
+    assert!(rec["access_expires_at"].is_string(), "{rec}");
+}
+
+#[tokio::test]
+async fn a_notifier_killed_after_posting_leaves_one_message_finished_by_a_fresh_process() {
+    let mut s = Stack::start(Options::default()).await;
+    s.start_decision(Duration::from_secs(86_400));
+    let _applier = s.spawn_applier(
+        s.shutdown_token(),
+        tars_observability::metrics::Metrics::new(),
+    );
+    let env = [
+        ("SLACK_BOT_TOKEN", BOT_TOKEN.to_owned()),
+        ("SLACK_API_URL", s.slack.url()),
+        ("SLACK_CHANNEL_ID", CHANNEL.to_owned()),
+        ("SLACK_TIMEOUT", "500ms".to_owned()),
+    ];
+    let dying = Service::start(&s, "tars-notifier", Some("notify.after_post"), &env);
+    let id = s.submit("posthumous", "read_only").await;
+    dying.died().await;
+    assert_eq!(s.slack.messages().len(), 1, "posted before the death");
+    let _fresh = Service::start(&s, "tars-notifier", None, &env);
+    approve_and_see_it_granted(&s, &id, "posthumous").await;
+    assert_eq!(s.slack.messages().len(), 1, "one message per request");
+}

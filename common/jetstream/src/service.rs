@@ -61,6 +61,25 @@ pub async fn connect(
     })
 }
 
+/// Test builds only: makes each fail point named in `TARS_DIE_AT` (comma-separated) end
+/// the process on the spot, as a crash or a SIGKILL would (`abort`: no drain, no ack,
+/// nothing after it runs), so crash tests kill a real process at an exact write boundary
+/// and start a fresh one that must finish the step. Fail points exist only in builds
+/// with the `fail/failpoints` feature (`make test`'s; not the image's), so elsewhere the
+/// variable does nothing but say so.
+pub fn die_at_fail_points() {
+    let Ok(names) = std::env::var("TARS_DIE_AT") else {
+        return;
+    };
+    if !fail::has_failpoints() {
+        tracing::warn!(%names, "TARS_DIE_AT is set, but this build has no fail points: ignored");
+        return;
+    }
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let _ = fail::cfg_callback(name, || std::process::abort());
+    }
+}
+
 /// How long a process's relay may be without its consumer (at start, or pulls failing)
 /// before `/readyz` says so: longer than a leader election, short enough that a process
 /// whose relay cannot work leaves service instead of accepting what it cannot announce.

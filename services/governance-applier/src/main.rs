@@ -11,6 +11,8 @@ async fn main() -> anyhow::Result<()> {
         &args.common.log_level,
         &args.common.log_format,
     );
+    // Crash tests only (a no-op in builds without fail points).
+    tars_jetstream::service::die_at_fail_points();
     let shutdown = tars_observability::shutdown::on_signal();
     let result =
         tars_governance_applier::run(args, tars_observability::metrics::Metrics::new(), shutdown)
