@@ -24,7 +24,7 @@ async fn topology_declared_twice_in_parallel_is_the_same() {
     let info = events.info().await.unwrap().clone();
     assert_eq!(
         info.config.subjects,
-        vec!["tars.request.>", "tars.decision.>"]
+        vec!["tars.request.>", "tars.decision.>", "tars.replay.>"]
     );
     assert_eq!(info.config.duplicate_window, topology::DUPLICATE_WINDOW);
     assert_eq!(info.config.num_replicas, 1);
@@ -37,7 +37,13 @@ async fn topology_declared_twice_in_parallel_is_the_same() {
         let mut c: async_nats::jetstream::consumer::PullConsumer =
             events.get_consumer(kind.name).await.unwrap();
         let ci = c.info().await.unwrap();
-        assert_eq!(ci.config.filter_subjects, kind.filter);
+        // Its own subjects, and the replays addressed to it alone.
+        assert_eq!(ci.config.filter_subjects, kind.subjects());
+        assert!(
+            ci.config
+                .filter_subjects
+                .contains(&format!("tars.replay.{}.>", kind.name))
+        );
         assert_eq!(ci.config.durable_name.as_deref(), Some(kind.name));
     }
     let streams = ta.js.stream_names();
