@@ -4,7 +4,7 @@ SHELL := /bin/bash
 NATS_SERVER_BIN := $(shell ./scripts/ensure-nats-server.sh)
 export NATS_SERVER_BIN
 
-.PHONY: run test test-ui test-deploy lint deny bench bench-smoke flamegraph fuzz-api nats-server
+.PHONY: run test test-ui test-deploy lint deny bench bench-smoke flamegraph fuzz-api nats-server soak
 
 ## run: the whole stack on this machine (nats-server, four services, Slack/KBase/governance stand-ins)
 run:
@@ -33,6 +33,11 @@ lint:
 ## deny: cargo-deny (licenses, bans, sources; advisories where GitHub is reachable)
 deny:
 	./scripts/deny.sh
+
+## soak: the seeded chaos soak at length (SIZE requests, 2000 by default; SEED=<n> replays a schedule); make test runs a short one (150)
+soak:
+	cargo build --workspace --bins
+	TARS_SOAK_REQUESTS=$(or $(SIZE),2000) $(if $(SEED),TARS_SOAK_SEED=$(SEED)) cargo test -p tars-tests --test soak -- --nocapture
 
 ## fuzz-api: schemathesis against a live ingress, from its /openapi.json (as a user and an admin)
 fuzz-api:
