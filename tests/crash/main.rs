@@ -450,11 +450,11 @@ async fn a_store_outage_while_renewing_the_posting_lease_still_posts() {
     let scenario = FailScenario::setup();
     let s = quick_slack().await;
     // The first post meets a 429 (Retry-After 2 s): the post waits its turn for longer
-    // than its 1.5 s lease, renewing every 0.5 s, and the store refuses the first five
-    // renewals after the first. Read as "the lease is not ours", the request was never
-    // posted (until its next event, typically a day later: here, never: it is not approved
-    // before its message shows).
-    fail::cfg("notify.renew", "1*off->5*return").unwrap();
+    // than its 1.5 s lease, and the store refuses its first five renewals (the extension
+    // over the foreseen pause, then those due every half second). Read as "the lease is
+    // not ours", the request was never posted (until its next event, typically a day
+    // later: here never, since it is not approved before its message shows).
+    fail::cfg("notify.renew", "5*return").unwrap();
     s.slack.faults().method_next(
         "chat.postMessage",
         1,
@@ -553,13 +553,7 @@ struct Service(std::process::Child);
 
 impl Service {
     fn start(s: &Stack, bin: &str, die_at: Option<&str>, env: &[(&str, String)]) -> Self {
-        let exe = std::env::current_exe().unwrap();
-        let path = exe.parent().unwrap().parent().unwrap().join(bin);
-        assert!(
-            path.exists(),
-            "{} is missing: `make test` builds it",
-            path.display()
-        );
+        let path = tars_tests::service_binary(bin);
         let port = tars_testkit::nats_server::free_port();
         let mut cmd = std::process::Command::new(path);
         cmd.env_clear()

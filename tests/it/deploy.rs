@@ -81,14 +81,7 @@ const SERVICES: [(&str, &str); 4] = [
 
 /// A binary built beside this test (`cargo test --workspace` builds them all).
 fn binary(name: &str) -> std::path::PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let path = exe.parent().unwrap().parent().unwrap().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the workspace first (`make test` does)",
-        path.display()
-    );
-    path
+    tars_tests::service_binary(name)
 }
 
 /// The environment variables a binary reads, from its own `--help`.

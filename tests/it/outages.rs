@@ -275,3 +275,44 @@ async fn a_refused_look_up_posts_again_and_counts_the_risk() {
     s.approve(&id).await;
     wait_status(&s, &id, "applied").await;
 }
+
+#[tokio::test]
+async fn a_long_rate_limit_pause_costs_the_lease_a_write_or_two_not_one_per_third_of_it() {
+    // Leases of 900 ms and a first post answered 429 with Retry-After 6 s: renewed every
+    // 300 ms through the pause, the record got some twenty revisions in six seconds (an
+    // hour's pause: thousands), and the bucket keeps 32 per key, so an event in a revision
+    // the relay had not read yet could be lost. Extended once over the foreseen pause,
+    // the lease costs a write or two.
+    let s = Stack::start(Options {
+        workers: true,
+        slack_timeout: Duration::from_millis(300),
+        ..Options::default()
+    })
+    .await;
+    let client = async_nats::connect(s.nats.server.url()).await.unwrap();
+    let mut writes = client.subscribe("$KV.TARS_REQUESTS.*").await.unwrap();
+    s.slack
+        .faults()
+        .method_next("chat.postMessage", 1, Fault::RateLimited(6));
+    let id = s.submit("paused", "read_only").await;
+    one_message_each_showing(&s, std::slice::from_ref(&id), "\"approve\"").await;
+    let subject = format!("$KV.TARS_REQUESTS.{id}");
+    let mut count = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(
+        Duration::from_millis(200),
+        futures::StreamExt::next(&mut writes),
+    )
+    .await
+    {
+        if m.subject.as_str() == subject {
+            count += 1;
+        }
+    }
+    // The record created, the lease claimed, extended over the pause (and once more at
+    // most before the send), the reference kept.
+    assert!(
+        count <= 5,
+        "{count} writes of the record during a 6 s pause"
+    );
+    no_dead_letters(&s).await;
+}

@@ -123,13 +123,7 @@ struct Service {
 
 impl Service {
     fn spawn(bin: &'static str, env: &[(&'static str, String)], log: &std::path::Path) -> Child {
-        let exe = std::env::current_exe().unwrap();
-        let path = exe.parent().unwrap().parent().unwrap().join(bin);
-        assert!(
-            path.exists(),
-            "{} is missing: `make test` builds it",
-            path.display()
-        );
+        let path = tars_tests::service_binary(bin);
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

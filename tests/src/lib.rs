@@ -5,6 +5,23 @@ pub mod atomic;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+/// The service binary `name` built beside the running test (`make test` builds the
+/// workspace's binaries, with fail points, before it runs the tests).
+pub fn service_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|dir| dir.join(name))
+        .unwrap_or_default();
+    assert!(
+        path.exists(),
+        "{} is missing: `make test` builds it (or `cargo build --workspace --bins`)",
+        path.display()
+    );
+    path
+}
+
 /// Polls `check` until it returns `Some`, or fails with `what` after `timeout`: the only
 /// way tests wait, so no test sleeps for a guessed time.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T

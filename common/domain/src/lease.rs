@@ -86,14 +86,15 @@ pub fn claim(r: &mut RequestRecord, me: &str, now: OffsetDateTime, lease: Durati
     Claimed::Ours { look_since }
 }
 
-/// Renews `me`'s lease at `now`.
-pub fn renew(r: &mut RequestRecord, me: &str, now: OffsetDateTime) -> Held {
+/// Renews `me`'s lease as taken at `at`: now, or later, to cover a wait the holder
+/// foresees (a lease taken "in the future" is live until a lease after that).
+pub fn renew(r: &mut RequestRecord, me: &str, at: OffsetDateTime) -> Held {
     if r.slack.is_some() {
         return Held::Lost;
     }
     match mine(r, me) {
         Some(c) => {
-            c.at = now;
+            c.at = at;
             Held::Ours
         }
         None => Held::Lost,
@@ -186,6 +187,26 @@ mod tests {
         claim(&mut r, "a", t(0), LEASE);
         assert_eq!(renew(&mut r, "a", t(25)), Held::Ours);
         assert!(matches!(claim(&mut r, "b", t(40), LEASE), Claimed::Busy(_)));
+    }
+
+    #[test]
+    fn a_lease_renewed_over_a_foreseen_wait_stays_live_until_a_lease_after_it() {
+        let mut r = pending_record();
+        claim(&mut r, "a", t(0), LEASE);
+        // One write covers an hour's pause.
+        assert_eq!(renew(&mut r, "a", t(3600)), Held::Ours);
+        assert!(matches!(
+            claim(&mut r, "b", t(3000), LEASE),
+            Claimed::Busy(_)
+        ));
+        assert!(matches!(
+            claim(&mut r, "b", t(3620), LEASE),
+            Claimed::Busy(_)
+        ));
+        assert!(matches!(
+            claim(&mut r, "b", t(3631), LEASE),
+            Claimed::Ours { .. }
+        ));
     }
 
     #[test]

@@ -252,6 +252,31 @@ impl SlackClient {
         }
     }
 
+    /// How long a post to `channel` would wait for its turn now, as far as the gate knows:
+    /// a pause after a rate limit, or the next pacing slot (the single-file queue after a
+    /// limit is not foreseen). The notifier extends its lease over it in one write.
+    pub fn expected_wait(&self, channel: &str) -> Duration {
+        let now = Instant::now();
+        let paused = {
+            let gates = self.gates.lock().unwrap_or_else(|p| p.into_inner());
+            gates
+                .get(channel)
+                .and_then(|g| g.paused_until)
+                .map(|u| u.saturating_duration_since(now))
+                .unwrap_or_default()
+        };
+        let paced = match self.post_interval {
+            Some(interval) => {
+                let last = self.next_post.lock().unwrap_or_else(|p| p.into_inner());
+                last.get(channel)
+                    .map(|sent| (*sent + interval).saturating_duration_since(now))
+                    .unwrap_or_default()
+            }
+            None => Duration::ZERO,
+        };
+        paused.max(paced)
+    }
+
     /// Waits until this post may go under the pacing: at least one interval after the
     /// channel's previous post *was sent* (not after it was scheduled, so a task woken late
     /// never sends two posts close together).

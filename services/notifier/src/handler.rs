@@ -248,8 +248,8 @@ impl Worker {
         me: &str,
         look_since: Option<time::OffsetDateTime>,
     ) -> Outcome {
-        // When the lease was last written (claimed or renewed).
-        let mut renewed = Instant::now();
+        // Until when the lease is live, as this attempt last wrote it.
+        let mut live_until = Instant::now() + self.lease;
         if let Some(since) = look_since {
             // A minute of slack for clocks that disagree.
             let oldest = since.unix_timestamp() - 60;
@@ -257,7 +257,8 @@ impl Worker {
                 .renewing(
                     id,
                     me,
-                    &mut renewed,
+                    &mut live_until,
+                    channel,
                     self.slack.find_posted(channel, id.as_str(), oldest),
                 )
                 .await;
@@ -284,20 +285,26 @@ impl Worker {
         let (text, blocks) = &shown;
         let posted = loop {
             let turn = match self
-                .renewing(id, me, &mut renewed, self.slack.post_turn(channel))
+                .renewing(
+                    id,
+                    me,
+                    &mut live_until,
+                    channel,
+                    self.slack.post_turn(channel),
+                )
                 .await
             {
                 Ok(turn) => turn,
                 Err(lost) => return lost,
             };
             // The fence: the call goes out only inside a lease that outlasts it (the Slack
-            // client's timeout is a third of the lease): written within the last third,
-            // or renewed now (which also proves it is still ours).
-            if renewed.elapsed() > self.lease / 3 {
+            // client's timeout is a third of the lease): live for two thirds more, or
+            // renewed now (which also proves it is still ours).
+            if self.renewal_due(live_until) {
                 if let Err(lost) = self.renew(id, me).await {
                     return lost;
                 }
-                renewed = Instant::now();
+                live_until = Instant::now() + self.lease;
             }
             fail::fail_point!("notify.before_post");
             let posted = turn.post(text, blocks, id.as_str()).await;
@@ -323,27 +330,50 @@ impl Worker {
         }
     }
 
-    /// Runs `work` while renewing `me`'s lease every third of it; `Err` (the outcome to
-    /// return) when the lease turns out to be another's. A renewal the store cannot make
-    /// now is tried again at the next tick: only an answer can say the lease is lost.
+    /// Whether a lease live until `live_until` must be renewed before a call: it has less
+    /// than two thirds of a lease left (a call takes at most one third).
+    fn renewal_due(&self, live_until: Instant) -> bool {
+        live_until.saturating_duration_since(Instant::now()) < self.lease * 2 / 3
+    }
+
+    /// Runs `work`, a wait for `channel`'s turn (a pause, the pacing slot, the single-file
+    /// queue, a look-up), while keeping `me`'s lease live; `Err` (the outcome to return)
+    /// when the lease turns out to be another's. The lease is first extended once over the
+    /// wait the channel's gate foresees (one write for an hour's pause, so that renewals
+    /// never push a revision the relay has not read yet out of the record's history),
+    /// then renewed every third of a lease only when less than two thirds are left. A
+    /// renewal the store cannot make now is tried again at the next tick: only an answer
+    /// can say the lease is lost.
     async fn renewing<T>(
         &self,
         id: &RequestId,
         me: &str,
-        renewed: &mut Instant,
+        live_until: &mut Instant,
+        channel: &str,
         work: impl std::future::Future<Output = T>,
     ) -> Result<T, Outcome> {
+        let foreseen = self.slack.expected_wait(channel);
+        if Instant::now() + foreseen + self.lease * 2 / 3 > *live_until {
+            match self.try_renew(id, me, foreseen).await {
+                Ok(Held::Ours) => *live_until = Instant::now() + foreseen + self.lease,
+                Ok(Held::Lost) => return Err(lost_lease()),
+                Err(_) => {}
+            }
+        }
         tokio::pin!(work);
         let every = (self.lease / 3).max(Duration::from_millis(10));
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
                 done = &mut work => return Ok(done),
-                _ = tick.tick() => match self.try_renew(id, me).await {
-                    Ok(Held::Ours) => *renewed = Instant::now(),
-                    Err(_) => {}
-                    Ok(Held::Lost) => return Err(lost_lease()),
-                },
+                // Checked at each tick (a select! guard would be read once, on entry).
+                _ = tick.tick() => if self.renewal_due(*live_until) {
+                    match self.try_renew(id, me, Duration::ZERO).await {
+                        Ok(Held::Ours) => *live_until = Instant::now() + self.lease,
+                        Err(_) => {}
+                        Ok(Held::Lost) => return Err(lost_lease()),
+                    }
+                }
             }
         }
     }
@@ -352,7 +382,7 @@ impl Worker {
     async fn renew(&self, id: &RequestId, me: &str) -> Result<(), Outcome> {
         let mut wait = Duration::from_millis(50);
         loop {
-            match self.try_renew(id, me).await {
+            match self.try_renew(id, me, Duration::ZERO).await {
                 Ok(Held::Ours) => return Ok(()),
                 Ok(Held::Lost) => return Err(lost_lease()),
                 Err(e) => {
@@ -364,13 +394,20 @@ impl Worker {
         }
     }
 
-    async fn try_renew(&self, id: &RequestId, me: &str) -> Result<Held, StoreError> {
+    /// One renewal, live for `ahead` more than a lease from now.
+    async fn try_renew(
+        &self,
+        id: &RequestId,
+        me: &str,
+        ahead: Duration,
+    ) -> Result<Held, StoreError> {
         fail::fail_point!("notify.renew", |_| Err(StoreError::Unavailable(
             "fail point notify.renew".into()
         )));
+        let at = now() + time::Duration::try_from(ahead).unwrap_or(time::Duration::ZERO);
         let renewed = self
             .store
-            .modify(id, |r| match lease::renew(r, me, now()) {
+            .modify(id, |r| match lease::renew(r, me, at) {
                 Held::Ours => Change::Write(Held::Ours),
                 Held::Lost => Change::Keep(Held::Lost),
             })
