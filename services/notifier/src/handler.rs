@@ -104,20 +104,30 @@ impl Worker {
             Err(e) => return slack_outcome(e),
         }
         self.metrics.notifications.with_label_values(&[kind]).inc();
-        let noted = self
-            .store
-            .modify(id, |r| {
-                if r.notices_sent.iter().any(|k| k == key) {
-                    Change::Keep(())
-                } else {
-                    r.notices_sent.push(key.to_owned());
-                    Change::Write(())
+        // Sent: note it, trying a store that does not answer again in place (handed back,
+        // the whole event would run again and send it twice).
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let noted = self
+                .store
+                .modify(id, |r| {
+                    if r.notices_sent.iter().any(|k| k == key) {
+                        Change::Keep(())
+                    } else {
+                        r.notices_sent.push(key.to_owned());
+                        Change::Write(())
+                    }
+                })
+                .await;
+            match noted {
+                Ok(_) => return Outcome::Ack,
+                Err(e) if e.is_transient() && wait < Duration::from_secs(10) => {
+                    tracing::warn!(error = %e, "noting a sent notice failed; trying again");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
                 }
-            })
-            .await;
-        match noted {
-            Ok(_) => Outcome::Ack,
-            Err(e) => store_outcome(e),
+                Err(e) => return store_outcome(e),
+            }
         }
     }
 
