@@ -682,3 +682,46 @@ async fn a_message_pulled_after_shutdown_began_is_handled_once_not_handed_back_i
     assert!(consumer_idle(&nats).await, "the message is acked");
     assert_eq!(nats.stream_len(DLQ_STREAM).await, 0);
 }
+
+#[tokio::test]
+async fn a_probe_that_stops_at_another_wait_lets_the_others_go_on() {
+    // Every message meets an outage on its first two runs. The first to get past it
+    // (the probe that found the dependency back) must then wait its turn until the
+    // others are done: they may not wait for it behind a gate it left closed.
+    let nats = Nats::start().await;
+    let runs: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let first_past: Arc<std::sync::OnceLock<String>> = Arc::default();
+    let others_acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let h = handler(move |d: Delivery| {
+        let (runs, first_past, others_acked) =
+            (runs.clone(), first_past.clone(), others_acked.clone());
+        async move {
+            let id = d.envelope.request_id.to_string();
+            let n = {
+                let mut r = runs.lock().unwrap();
+                let e = r.entry(id.clone()).or_default();
+                *e += 1;
+                *e
+            };
+            if n <= 2 {
+                return Outcome::outage("slack", "connection refused");
+            }
+            if *first_past.get_or_init(|| id.clone()) == id {
+                if others_acked.load(std::sync::atomic::Ordering::SeqCst) < 4 {
+                    return Outcome::wait_turn(Duration::from_millis(50), "another holder");
+                }
+                return Outcome::Ack;
+            }
+            others_acked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Outcome::Ack
+        }
+    });
+    let w = spawn_worker(&nats.topology, h, fast_config());
+    publish_n(&nats, 5).await;
+    eventually(LONG, "all five acked", || async {
+        (w.count("ack") == 5).then_some(())
+    })
+    .await;
+    assert_eq!(w.count("dead_letter"), 0);
+    w.stop().await;
+}

@@ -649,11 +649,18 @@ async fn handle_waiting<H: Handler>(
                 return None;
             }
         };
-        let Outcome::Wait { on, reason } = outcome else {
-            if let Some((dep, _)) = waiting_on {
-                // An answer, whatever it says: the dependency is back.
+        // Anything but the same outage again is an answer from the dependency (or a step
+        // past it): it is back, for every message waiting on it. (A probe that stopped
+        // at another wait and kept its gate closed left the others waiting for good.)
+        if let Some((dep, _)) = waiting_on {
+            let again =
+                matches!(&outcome, Outcome::Wait { on: Waiting::Outage(d), .. } if *d == dep);
+            if !again {
                 shared.outages.recovered(dep);
+                waiting_on = None;
             }
+        }
+        let Outcome::Wait { on, reason } = outcome else {
             return Some(outcome);
         };
         shared.series.waited.inc();
