@@ -541,6 +541,15 @@ async fn worker_probes_serve_metrics_liveness_and_readiness() {
     );
     assert!(text.contains("tars_worker_handle_duration_seconds_count"));
     assert!(text.contains(r#"tars_consumer_pending{worker="notifier"}"#));
+    // The series alerts read are there before anything happened to them: a first dead
+    // letter is an increase from 0, which `increase()` sees (from absent it does not).
+    for series in [
+        r#"tars_dead_letters_total{worker="notifier"} 0"#,
+        r#"tars_worker_messages_total{outcome="dead_letter",worker="notifier"} 0"#,
+        r#"tars_unreadable_total{consumer="notifier"} 0"#,
+    ] {
+        assert!(text.contains(series), "{series} missing from:\n{text}");
+    }
     stop.cancel();
     served.await.unwrap().unwrap();
     w.stop().await;

@@ -205,6 +205,8 @@ pub async fn run(
 ) {
     // Not working until the consumer is found and a pull succeeds.
     health.failed();
+    // The series an alert would read exists from the start, at zero.
+    metrics.unreadable.with_label_values(&[RELAY_CONSUMER]);
     let Some(consumer) = find_consumer(&topology, &health, &shutdown).await else {
         return;
     };

@@ -301,6 +301,13 @@ struct Series {
 
 impl Series {
     fn new(metrics: &Metrics, worker: &str) -> Self {
+        // Series an alert reads exist from the start, at zero: `increase()` cannot see a
+        // series go from absent to 1, so a process's first dead letter would never page.
+        metrics.dead_letters.with_label_values(&[worker]);
+        metrics
+            .worker_messages
+            .with_label_values(&[worker, "dead_letter"]);
+        metrics.unreadable.with_label_values(&[worker]);
         Self {
             acked: metrics.worker_messages.with_label_values(&[worker, "ack"]),
             retried: metrics
