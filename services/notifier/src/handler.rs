@@ -104,30 +104,23 @@ impl Worker {
             Err(e) => return slack_outcome(e),
         }
         self.metrics.notifications.with_label_values(&[kind]).inc();
-        // Sent: note it, trying a store that does not answer again in place (handed back,
-        // the whole event would run again and send it twice).
-        let mut wait = Duration::from_millis(50);
-        loop {
-            let noted = self
-                .store
-                .modify(id, |r| {
-                    if r.notices_sent.iter().any(|k| k == key) {
-                        Change::Keep(())
-                    } else {
-                        r.notices_sent.push(key.to_owned());
-                        Change::Write(())
-                    }
-                })
-                .await;
-            match noted {
-                Ok(_) => return Outcome::Ack,
-                Err(e) if e.is_transient() && wait < Duration::from_secs(10) => {
-                    tracing::warn!(error = %e, "noting a sent notice failed; trying again");
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
+        // Sent: note it. (The store rides out an election or a reconnect itself; past
+        // that, the event is handed back and a crash-like repeat may send it again: at
+        // least once.)
+        let noted = self
+            .store
+            .modify(id, |r| {
+                if r.notices_sent.iter().any(|k| k == key) {
+                    Change::Keep(())
+                } else {
+                    r.notices_sent.push(key.to_owned());
+                    Change::Write(())
                 }
-                Err(e) => return store_outcome(e),
-            }
+            })
+            .await;
+        match noted {
+            Ok(_) => Outcome::Ack,
+            Err(e) => store_outcome(e),
         }
     }
 
@@ -388,19 +381,14 @@ impl Worker {
         }
     }
 
-    /// Renews `me`'s lease, retrying store errors until the store answers.
+    /// Renews `me`'s lease. A store that does not answer (after riding it out, as every
+    /// store call does) hands the message back to wait like any outage: the next attempt
+    /// waits for this lease to lapse, then looks before it posts.
     async fn renew(&self, id: &RequestId, me: &str) -> Result<(), Outcome> {
-        let mut wait = Duration::from_millis(50);
-        loop {
-            match self.try_renew(id, me, Duration::ZERO).await {
-                Ok(Held::Ours) => return Ok(()),
-                Ok(Held::Lost) => return Err(lost_lease()),
-                Err(e) => {
-                    tracing::warn!(error = %e, "renewing the posting lease failed; trying again");
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                }
-            }
+        match self.try_renew(id, me, Duration::ZERO).await {
+            Ok(Held::Ours) => Ok(()),
+            Ok(Held::Lost) => Err(lost_lease()),
+            Err(e) => Err(store_outcome(e)),
         }
     }
 
@@ -426,33 +414,25 @@ impl Worker {
     }
 
     /// Marks or releases `me`'s lease after a failed post (`rule` is
-    /// [`lease::mark_unsure`] or [`lease::release`]), retrying store errors a few times.
-    /// A lease left as it was only delays the next attempt until it expires, and that
-    /// attempt looks before it posts.
+    /// [`lease::mark_unsure`] or [`lease::release`]). Best effort (the store rides out
+    /// an election itself): a lease left as it was only delays the next attempt until it
+    /// expires, and that attempt looks before it posts.
     async fn settle_lease(
         &self,
         id: &RequestId,
         me: &str,
         rule: fn(&mut RequestRecord, &str) -> bool,
     ) {
-        let mut wait = Duration::from_millis(50);
-        for _ in 0..5 {
-            let done = self
-                .store
-                .modify(id, |r| {
-                    if rule(r, me) {
-                        Change::Write(())
-                    } else {
-                        Change::Keep(())
-                    }
-                })
-                .await;
-            if done.is_ok() {
-                return;
-            }
-            tokio::time::sleep(wait).await;
-            wait *= 2;
-        }
+        let _ = self
+            .store
+            .modify(id, |r| {
+                if rule(r, me) {
+                    Change::Write(())
+                } else {
+                    Change::Keep(())
+                }
+            })
+            .await;
     }
 
     /// Stores where the message lives and drops the lease, starting from `claim` (the
