@@ -68,10 +68,8 @@ async fn post_that_dies(s: &Stack, path: &str, body: serde_json::Value) {
 /// crash caused has been handled.
 async fn consumer_idle(s: &Stack, consumer: &str) {
     eventually(LONG, &format!("the {consumer} consumer idle"), || async {
-        let mut c: async_nats::jetstream::consumer::PullConsumer =
-            s.nats.topology.events.get_consumer(consumer).await.ok()?;
-        let info = c.info().await.ok()?;
-        (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+        (tars_tests::consumer_backlog(&s.nats.topology.events, consumer).await == Some(0))
+            .then_some(())
     })
     .await;
 }

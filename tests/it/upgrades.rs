@@ -44,10 +44,7 @@ async fn a_relay_whose_consumer_vanishes_declares_it_again_and_announces_what_wa
 }
 
 async fn consumer_idle(s: &Stack, name: &str) -> bool {
-    let mut c: async_nats::jetstream::consumer::PullConsumer =
-        s.nats.topology.events.get_consumer(name).await.unwrap();
-    let info = c.info().await.unwrap();
-    info.num_pending == 0 && info.num_ack_pending == 0
+    tars_tests::consumer_backlog(&s.nats.topology.events, name).await == Some(0)
 }
 
 #[tokio::test]

@@ -149,20 +149,14 @@ impl Service {
     }
 }
 
-/// Why the problems of a check are still there when its time runs out.
+/// Waits for a check of the whole run to find nothing wrong, looking every half second
+/// (each look reads every request); returns what is still wrong when `within` is over.
 async fn settle<F, Fut>(within: Duration, check: F) -> Vec<String>
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = Vec<String>>,
 {
-    let deadline = Instant::now() + within;
-    loop {
-        let problems = check().await;
-        if problems.is_empty() || Instant::now() > deadline {
-            return problems;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    tars_tests::until_right(within, Duration::from_millis(500), check).await
 }
 
 struct Soak {
@@ -463,7 +457,7 @@ impl Soak {
             Fault::SlackDown(secs) => {
                 self.slack.served().go_down().await;
                 tokio::time::sleep(Duration::from_secs(secs)).await;
-                self.slack.served().come_back().await;
+                self.slack.served().come_back().await.unwrap();
             }
             Fault::GovernanceBurst(n) => self.governance.faults().fail_next(n, 503),
             Fault::RollingRestart => {

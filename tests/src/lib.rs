@@ -108,3 +108,33 @@ pub async fn seed_finished_by(
         .buffer_unordered(8);
     while commits.next().await.is_some() {}
 }
+
+/// How many messages durable `consumer` of `stream` still has to deliver or to see
+/// acknowledged: 0 once every delivery, redeliveries included, has been settled.
+pub async fn consumer_backlog(
+    stream: &async_nats::jetstream::stream::Stream,
+    consumer: &str,
+) -> Option<u64> {
+    let mut c: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(consumer).await.ok()?;
+    let info = c.info().await.ok()?;
+    Some(info.num_pending + info.num_ack_pending as u64)
+}
+
+/// Polls `check` every `every` until it finds nothing wrong or `timeout` has passed, and
+/// returns what was still wrong then (empty: all well): for checks whose failure must say
+/// what is wrong, not only that time ran out.
+pub async fn until_right<F, Fut>(timeout: Duration, every: Duration, check: F) -> Vec<String>
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Vec<String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let wrong = check().await;
+        if wrong.is_empty() || Instant::now() > deadline {
+            return wrong;
+        }
+        tokio::time::sleep(every).await;
+    }
+}

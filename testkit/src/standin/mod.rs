@@ -88,17 +88,20 @@ impl Served {
         }
     }
 
-    /// Comes back on the same address, with everything it had recorded.
-    pub async fn come_back(&self) {
+    /// Comes back on the same address, with everything it had recorded. The old socket
+    /// may linger a moment after going down: binding is tried again for up to 5 s.
+    pub async fn come_back(&self) -> std::io::Result<()> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let listener = loop {
             match tokio::net::TcpListener::bind(self.addr).await {
                 Ok(l) => break l,
-                // The old socket may linger a moment.
+                Err(e) if tokio::time::Instant::now() > deadline => return Err(e),
                 Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
             }
         };
         let running = spawn(listener, self.router.clone());
         *self.running.lock().unwrap_or_else(|p| p.into_inner()) = Some(running);
+        Ok(())
     }
 }
 
